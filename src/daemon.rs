@@ -1,0 +1,211 @@
+//! The serving loop: listen, serve one frontend, drain, listen again.
+//!
+//! A vhost-user socket serves one frontend at a time. When it hangs up — the VM shut down, or
+//! QEMU is about to reconnect (`-chardev socket,reconnect=N`) — every in-flight request is
+//! completed, the device is rebuilt with fresh engines, and the socket accepts the next
+//! frontend. The disk stays open throughout.
+//!
+//! SIGINT and SIGTERM stop the loop: no new frontend is accepted, the current connection is
+//! shut down, in-flight I/O is finished, and the process exits with status 0. Signals are
+//! blocked in every thread and taken synchronously by one watcher thread, so no I/O system
+//! call is ever interrupted by them.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device::BlockDevice;
+use crate::disk::{Disk, DiskError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {path}: {source}; check that its directory exists and is writable")]
+    Listen {
+        path: PathBuf,
+        source: vhost::vhost_user::Error,
+    },
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// `vhost_user_backend::Error` implements Display but not Error, so it is kept as text.
+    #[error("vhost-user: {0}")]
+    VhostUser(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Where and how to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub socket: PathBuf,
+    pub num_queues: u16,
+    pub queue_size: u16,
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts afterwards.
+/// Call before any thread is spawned.
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_signals();
+    // SAFETY: `set` is an initialised sigset; a null old-set pointer is allowed.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok(())
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set we pass it; sigaddset takes valid signals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// What the signal watcher needs to stop the loop wherever it is.
+struct Stop {
+    requested: AtomicBool,
+    /// Wakes the loop while it waits for a frontend.
+    wake: EventFd,
+    /// Hangs up the current frontend, if any.
+    connection: Mutex<Option<ShutdownHandle>>,
+}
+
+impl Stop {
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
+        if let Some(handle) = self
+            .connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            handle.shutdown();
+        }
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+}
+
+fn spawn_signal_watcher(stop: Arc<Stop>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("vblkd-signals".into())
+        .spawn(move || loop {
+            let set = termination_signals();
+            let mut sig = 0;
+            // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                log::info!("signal {sig} received: finishing in-flight I/O and exiting");
+                stop.request();
+            }
+        })
+        .map(|_| ())
+}
+
+/// Serves `disk` on `opts.socket` until SIGINT or SIGTERM.
+pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError> {
+    let stop = Arc::new(Stop {
+        requested: AtomicBool::new(false),
+        wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+        connection: Mutex::new(None),
+    });
+    spawn_signal_watcher(stop.clone())?;
+
+    let mut listener = Listener::new(&opts.socket, true).map_err(|source| DaemonError::Listen {
+        path: opts.socket.clone(),
+        source,
+    })?;
+    log::info!("listening on {}", opts.socket.display());
+
+    while !stop.requested() {
+        // Build the next device before accepting, so a frontend never waits for it.
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let device = Arc::new(BlockDevice::new(
+            disk.clone(),
+            opts.num_queues,
+            opts.queue_size,
+            mem.clone(),
+        )?);
+        let mut daemon =
+            VhostUserDaemon::new("vblkd".into(), device.clone(), mem).map_err(vhost_error)?;
+        device.register_engines(&daemon.get_epoll_handlers())?;
+
+        if !wait_for_frontend(listener.as_raw_fd(), stop.wake.as_raw_fd())? {
+            stop_workers(&daemon);
+            break;
+        }
+        daemon.start(&mut listener).map_err(vhost_error)?;
+        log::info!("frontend connected");
+        *stop.connection.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
+        if stop.requested() {
+            daemon.request_shutdown();
+        }
+        let result = daemon.wait();
+        stop.connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        device.drain();
+        stop_workers(&daemon);
+        match result {
+            Ok(()) => log::info!("frontend disconnected"),
+            Err(e) => log::warn!("frontend connection ended: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn vhost_error(e: vhost_user_backend::Error) -> DaemonError {
+    DaemonError::VhostUser(e.to_string())
+}
+
+fn stop_workers(daemon: &VhostUserDaemon<Arc<BlockDevice>>) {
+    for handler in daemon.get_epoll_handlers() {
+        handler.send_exit_event();
+    }
+}
+
+/// Waits until a frontend is connecting (true) or a stop was requested (false).
+fn wait_for_frontend(listener: RawFd, stop: RawFd) -> io::Result<bool> {
+    let mut fds = [
+        libc::pollfd {
+            fd: listener,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is an array of two initialised pollfds.
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if fds[1].revents != 0 {
+            return Ok(false);
+        }
+        if fds[0].revents != 0 {
+            return Ok(true);
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! A local regular file or block device, served through io_uring, Linux AIO or a thread pool.
+//!
+//! Cache modes mean what QEMU's `cache=` modes mean. They reduce to three independent knobs:
+//!
+//! | mode         | O_DIRECT | write cache (WCE) | FLUSH        |
+//! |--------------|----------|-------------------|--------------|
+//! | none         | yes      | on                | fdatasync    |
+//! | writeback    | no       | on                | fdatasync    |
+//! | writethrough | no       | off               | fdatasync    |
+//! | directsync   | yes      | off               | fdatasync    |
+//! | unsafe       | no       | on                | ignored      |
+//!
+//! "Write cache off" is implemented per write with `RWF_DSYNC` rather than by opening the file
+//! with `O_DSYNC`: the effect on each write is the same, and it lets the guest switch the cache
+//! on and off at run time through the WCE config byte, as virtio allows and QEMU does.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{Disk, DiskError, DiskInfo, SERIAL_LEN};
+use crate::engine::{probe_io_uring, AioEngine, Engine, ThreadPool, UringEngine};
+
+/// The I/O engine, named as QEMU's `aio=` option names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AioMode {
+    #[value(name = "io_uring")]
+    IoUring,
+    Native,
+    Threads,
+}
+
+/// Host caching, named as QEMU's `cache=` option names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheMode {
+    None,
+    Writeback,
+    Writethrough,
+    Directsync,
+    Unsafe,
+}
+
+impl CacheMode {
+    pub fn direct_io(self) -> bool {
+        matches!(self, CacheMode::None | CacheMode::Directsync)
+    }
+
+    pub fn write_cache(self) -> bool {
+        !matches!(self, CacheMode::Writethrough | CacheMode::Directsync)
+    }
+
+    pub fn honours_flush(self) -> bool {
+        self != CacheMode::Unsafe
+    }
+}
+
+/// How to open and serve a file disk.
+#[derive(Debug, Clone)]
+pub struct FileDiskOptions {
+    pub path: PathBuf,
+    /// Create the file with this size, or grow it to it; never shrink.
+    pub size: Option<u64>,
+    pub aio: AioMode,
+    pub cache: CacheMode,
+    pub read_only: bool,
+    pub logical_block_size: u32,
+    pub serial: Option<String>,
+    /// Threads per queue for `aio=threads`.
+    pub threads: usize,
+}
+
+/// An open file or block device.
+#[derive(Debug)]
+pub struct FileDisk {
+    file: File,
+    info: DiskInfo,
+    aio: AioMode,
+    threads: usize,
+}
+
+/// Buffer address and length alignment that O_DIRECT accepts on every Linux block device.
+const DIRECT_IO_BUFFER_ALIGN: usize = 512;
+
+impl FileDisk {
+    pub fn open(opts: &FileDiskOptions) -> Result<Self, DiskError> {
+        let path = &opts.path;
+        if opts.aio == AioMode::Native && !opts.cache.direct_io() {
+            return Err(DiskError::NativeNeedsDirectIo);
+        }
+        let aio = match opts.aio {
+            AioMode::IoUring => match probe_io_uring() {
+                Ok(()) => AioMode::IoUring,
+                Err(e) => {
+                    log::warn!("the kernel refused io_uring ({e}); falling back to --aio threads");
+                    AioMode::Threads
+                }
+            },
+            other => other,
+        };
+
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(DiskError::Inspect {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        };
+        let is_block_device = meta
+            .as_ref()
+            .is_some_and(|m| m.file_type().is_block_device());
+        match &meta {
+            None if opts.size.is_none() => return Err(DiskError::Missing(path.clone())),
+            Some(m) if !m.is_file() && !is_block_device => {
+                return Err(DiskError::NotAFileOrBlockDevice(path.clone()))
+            }
+            Some(_) if is_block_device && opts.size.is_some() => {
+                return Err(DiskError::SizeOnBlockDevice(path.clone()))
+            }
+            _ => {}
+        }
+
+        if let Some(size) = opts.size {
+            let current = meta.as_ref().map_or(0, |m| m.len());
+            if size < current {
+                return Err(DiskError::Shrink {
+                    path: path.clone(),
+                    current,
+                    requested: size,
+                });
+            }
+        }
+
+        let file = open_file(path, opts, meta.is_none())?;
+        if let Some(size) = opts.size {
+            if file_len(&file, path)? < size {
+                file.set_len(size).map_err(|source| DiskError::Resize {
+                    path: path.clone(),
+                    size,
+                    source,
+                })?;
+            }
+        }
+
+        let block = opts.logical_block_size;
+        let (size, physical_block_size) = if is_block_device {
+            let device_block = block_device_sector_size(&file, path)?;
+            if block < device_block {
+                return Err(DiskError::DeviceBlockSize {
+                    path: path.clone(),
+                    device: device_block,
+                });
+            }
+            (
+                block_device_size(&file, path)?,
+                block_device_physical_block(&file)
+                    .unwrap_or(block)
+                    .max(block),
+            )
+        } else {
+            (file_len(&file, path)?, block.max(4096))
+        };
+        let capacity = size - size % u64::from(block);
+        if capacity == 0 {
+            return Err(DiskError::TooSmall {
+                path: path.clone(),
+                size,
+                block,
+            });
+        }
+        if opts.cache.direct_io() {
+            check_direct_io_block_size(&file, path, block, capacity)?;
+        }
+
+        let info = DiskInfo {
+            capacity,
+            logical_block_size: block,
+            physical_block_size,
+            read_only: opts.read_only,
+            serial: serial_for(opts.serial.as_deref(), path),
+            write_cache: opts.cache.write_cache(),
+            honours_flush: opts.cache.honours_flush(),
+            discard: !opts.read_only,
+            buffer_alignment: if opts.cache.direct_io() {
+                DIRECT_IO_BUFFER_ALIGN
+            } else {
+                1
+            },
+        };
+        Ok(FileDisk {
+            file,
+            info,
+            aio,
+            threads: opts.threads,
+        })
+    }
+
+    /// The engine actually in use (io_uring may have fallen back to threads).
+    pub fn aio(&self) -> AioMode {
+        self.aio
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl Disk for FileDisk {
+    fn info(&self) -> &DiskInfo {
+        &self.info
+    }
+
+    fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
+        let engine: Box<dyn Engine> = match self.aio {
+            AioMode::IoUring => {
+                Box::new(UringEngine::new(self.fd(), capacity).map_err(DiskError::Engine)?)
+            }
+            AioMode::Native => {
+                Box::new(AioEngine::new(self.fd(), capacity).map_err(DiskError::Engine)?)
+            }
+            AioMode::Threads => {
+                Box::new(ThreadPool::engine(self.fd(), self.threads).map_err(DiskError::Engine)?)
+            }
+        };
+        Ok(engine)
+    }
+}
+
+fn open_file(path: &Path, opts: &FileDiskOptions, create: bool) -> Result<File, DiskError> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(!opts.read_only).create(create);
+    if opts.cache.direct_io() {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    options.open(path).map_err(|source| {
+        if opts.cache.direct_io() && source.raw_os_error() == Some(libc::EINVAL) {
+            DiskError::DirectIoUnsupported(path.to_path_buf())
+        } else {
+            DiskError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64, DiskError> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|source| DiskError::Inspect {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+fn block_device_size(file: &File, path: &Path) -> Result<u64, DiskError> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to `size`.
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
+    if ret < 0 {
+        return Err(DiskError::Inspect {
+            path: path.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(size)
+}
+
+fn block_device_sector_size(file: &File, path: &Path) -> Result<u32, DiskError> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points to `size`.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::BLKSSZGET,
+            &mut size as *mut libc::c_int,
+        )
+    };
+    if ret < 0 {
+        return Err(DiskError::Inspect {
+            path: path.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(size as u32)
+}
+
+fn block_device_physical_block(file: &File) -> Option<u32> {
+    let mut size: libc::c_uint = 0;
+    // SAFETY: BLKPBSZGET writes one unsigned int through the pointer, which points to `size`.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::BLKPBSZGET,
+            &mut size as *mut libc::c_uint,
+        )
+    };
+    (ret >= 0 && size > 0).then_some(size)
+}
+
+/// A file system on a 4 KiB-sector device rejects 512-byte direct I/O at run time; find out
+/// now, with one aligned read, and tell the user what to pass instead.
+fn check_direct_io_block_size(
+    file: &File,
+    path: &Path,
+    block: u32,
+    capacity: u64,
+) -> Result<(), DiskError> {
+    let len = block as usize;
+    let layout = std::alloc::Layout::from_size_align(len, 4096).expect("valid layout");
+    // SAFETY: the layout has a non-zero size.
+    let buf = unsafe { std::alloc::alloc(layout) };
+    if buf.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // Read the last block: an odd multiple of 512 when the disk has more than one block, which
+    // is what a 4 KiB-only device refuses.
+    let offset = capacity - u64::from(block);
+    // SAFETY: `buf` has room for `len` bytes.
+    let ret = unsafe { libc::pread(file.as_raw_fd(), buf.cast(), len, offset as libc::off_t) };
+    let err = io::Error::last_os_error();
+    // SAFETY: allocated above with the same layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    if ret < 0 && err.raw_os_error() == Some(libc::EINVAL) {
+        return Err(DiskError::BlockSizeTooSmall {
+            path: path.to_path_buf(),
+            block,
+        });
+    }
+    Ok(())
+}
+
+/// The GET_ID serial: the user's, or the disk's file name, cut to what virtio allows.
+fn serial_for(serial: Option<&str>, path: &Path) -> Vec<u8> {
+    let name = match serial {
+        Some(s) => s.to_owned(),
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let mut bytes = name.into_bytes();
+    bytes.truncate(SERIAL_LEN);
+    bytes
+}

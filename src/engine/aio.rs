@@ -1,0 +1,263 @@
+//! `aio=native`: Linux AIO (`io_setup`/`io_submit`/`io_getevents`), one context per queue.
+//!
+//! This is the design QEMU's native AIO patches and vblade's AIO patch arrived at: a batch of
+//! iocbs goes to the kernel in one `io_submit`, and every iocb carries `IOCB_FLAG_RESFD` so the
+//! kernel bumps an eventfd when it finishes. That eventfd sits in the worker's epoll beside the
+//! vring kick — no signals, no extra thread on the data path.
+//!
+//! Linux AIO is only asynchronous with `O_DIRECT` (buffered submissions block in
+//! `io_submit`), which is why the command line refuses `aio=native` without it. It has no
+//! fallocate, and `IOCB_CMD_FDSYNC` exists only where the file system implements it
+//! (kernel 4.18 and later); those operations go to a one-thread helper pool that signals the
+//! same eventfd.
+//!
+//! The system calls are made directly: the ABI is four calls and two fixed-layout structs.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{drain_eventfd, Completion, Engine, IoOp, ThreadPool};
+
+type AioContext = libc::c_ulong;
+
+const IOCB_CMD_FDSYNC: u16 = 3;
+const IOCB_CMD_PREADV: u16 = 7;
+const IOCB_CMD_PWRITEV: u16 = 8;
+const IOCB_FLAG_RESFD: u32 = 1;
+
+/// `struct iocb` from `<linux/aio_abi.h>` (little-endian layout).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct Iocb {
+    aio_data: u64,
+    aio_key: u32,
+    aio_rw_flags: i32,
+    aio_lio_opcode: u16,
+    aio_reqprio: i16,
+    aio_fildes: u32,
+    aio_buf: u64,
+    aio_nbytes: u64,
+    aio_offset: i64,
+    aio_reserved2: u64,
+    aio_flags: u32,
+    aio_resfd: u32,
+}
+
+/// `struct io_event` from `<linux/aio_abi.h>`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct IoEvent {
+    data: u64,
+    obj: u64,
+    res: i64,
+    res2: i64,
+}
+
+const _: () = assert!(std::mem::size_of::<Iocb>() == 64);
+const _: () = assert!(std::mem::size_of::<IoEvent>() == 32);
+
+/// The Linux AIO engine of one queue.
+pub struct AioEngine {
+    ctx: AioContext,
+    fd: RawFd,
+    eventfd: EventFd,
+    /// iocbs of the current batch; the kernel copies them during `io_submit`.
+    batch: Vec<Iocb>,
+    batch_ptrs: Vec<*mut Iocb>,
+    events: Vec<IoEvent>,
+    /// Operations the kernel rejected at submission, reported at the next reap.
+    rejected: Vec<Completion>,
+    helper: ThreadPool,
+    /// Cleared the first time the file system turns `IOCB_CMD_FDSYNC` down.
+    fdsync_in_kernel: bool,
+}
+
+// SAFETY: the raw pointers in `batch_ptrs` only ever point into `batch`, which moves with the
+// engine, and are rebuilt before each use; the AIO context may be used from any thread.
+unsafe impl Send for AioEngine {}
+
+impl AioEngine {
+    /// An AIO context with room for `capacity` operations on `fd` (which must outlive it).
+    pub fn new(fd: RawFd, capacity: u16) -> io::Result<Self> {
+        let mut ctx: AioContext = 0;
+        let nr = libc::c_long::from(capacity.max(1));
+        // SAFETY: io_setup writes the new context id into `ctx`, a valid u64.
+        if unsafe { libc::syscall(libc::SYS_io_setup, nr, &mut ctx as *mut AioContext) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        let helper = ThreadPool::new(fd, 1, eventfd.try_clone()?)?;
+        Ok(AioEngine {
+            ctx,
+            fd,
+            eventfd,
+            batch: Vec::with_capacity(usize::from(capacity)),
+            batch_ptrs: Vec::with_capacity(usize::from(capacity)),
+            events: vec![IoEvent::default(); usize::from(capacity.max(1))],
+            rejected: Vec::new(),
+            helper,
+            fdsync_in_kernel: true,
+        })
+    }
+
+    fn iocb(&self, token: u64, opcode: u16) -> Iocb {
+        Iocb {
+            aio_data: token,
+            aio_lio_opcode: opcode,
+            aio_fildes: self.fd as u32,
+            aio_flags: IOCB_FLAG_RESFD,
+            aio_resfd: self.eventfd.as_raw_fd() as u32,
+            ..Iocb::default()
+        }
+    }
+
+    /// Handles the iocb the kernel refused at index `i` of the batch.
+    fn reject(&mut self, i: usize, err: io::Error) {
+        let iocb = self.batch[i];
+        if iocb.aio_lio_opcode == IOCB_CMD_FDSYNC && err.raw_os_error() == Some(libc::EINVAL) {
+            log::info!(
+                "this file system has no asynchronous fdatasync; flushing on a helper thread"
+            );
+            self.fdsync_in_kernel = false;
+            // SAFETY: a flush refers to no memory.
+            unsafe { self.helper.push(iocb.aio_data, IoOp::Flush) };
+            return;
+        }
+        self.rejected.push(Completion {
+            token: iocb.aio_data,
+            result: Err(err),
+        });
+    }
+}
+
+impl Engine for AioEngine {
+    fn completion_fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    unsafe fn push(&mut self, token: u64, op: IoOp) {
+        let iocb = match op {
+            IoOp::Read {
+                offset,
+                iov,
+                iovcnt,
+            } => Iocb {
+                aio_buf: iov as u64,
+                aio_nbytes: iovcnt as u64,
+                aio_offset: offset as i64,
+                ..self.iocb(token, IOCB_CMD_PREADV)
+            },
+            IoOp::Write {
+                offset,
+                iov,
+                iovcnt,
+                dsync,
+            } => Iocb {
+                aio_buf: iov as u64,
+                aio_nbytes: iovcnt as u64,
+                aio_offset: offset as i64,
+                aio_rw_flags: if dsync { libc::RWF_DSYNC } else { 0 },
+                ..self.iocb(token, IOCB_CMD_PWRITEV)
+            },
+            IoOp::Flush if self.fdsync_in_kernel => self.iocb(token, IOCB_CMD_FDSYNC),
+            IoOp::Flush | IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => {
+                // SAFETY: forwarded under the same contract our caller accepted.
+                unsafe { self.helper.push(token, op) };
+                return;
+            }
+        };
+        self.batch.push(iocb);
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        let mut start = 0;
+        while start < self.batch.len() {
+            self.batch_ptrs.clear();
+            let base = self.batch.as_mut_ptr();
+            // SAFETY: every index is below `batch.len()`.
+            self.batch_ptrs
+                .extend((start..self.batch.len()).map(|i| unsafe { base.add(i) }));
+            // SAFETY: `batch_ptrs` holds `len` pointers to initialised iocbs in `batch`, which
+            // is neither moved nor resized during the call; their buffers are valid per the
+            // `Engine::push` contract.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_io_submit,
+                    self.ctx,
+                    self.batch_ptrs.len() as libc::c_long,
+                    self.batch_ptrs.as_mut_ptr(),
+                )
+            };
+            if ret < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    // The context is sized to our capacity, so EAGAIN means the kernel is
+                    // short of resources; fail the first iocb rather than spin.
+                    _ => {
+                        self.reject(start, err);
+                        start += 1;
+                    }
+                }
+            } else {
+                start += ret as usize;
+            }
+        }
+        self.batch.clear();
+        if !self.rejected.is_empty() {
+            self.eventfd.write(1)?;
+        }
+        self.helper.submit()
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        drain_eventfd(&self.eventfd)?;
+        out.append(&mut self.rejected);
+        loop {
+            let mut timeout = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `events` has room for `events.len()` io_events; a zero timeout makes
+            // the call non-blocking.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    self.ctx,
+                    0 as libc::c_long,
+                    self.events.len() as libc::c_long,
+                    self.events.as_mut_ptr(),
+                    &mut timeout as *mut libc::timespec,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            let n = n as usize;
+            out.extend(
+                self.events[..n]
+                    .iter()
+                    .map(|ev| Completion::from_raw(ev.data, ev.res)),
+            );
+            if n < self.events.len() {
+                break;
+            }
+        }
+        self.helper.collect(out);
+        Ok(())
+    }
+}
+
+impl Drop for AioEngine {
+    fn drop(&mut self) {
+        // SAFETY: `ctx` came from io_setup and is destroyed exactly once; io_destroy waits for
+        // operations still in flight, so no buffer is written after we return.
+        unsafe { libc::syscall(libc::SYS_io_destroy, self.ctx) };
+    }
+}

@@ -1,0 +1,171 @@
+//! `aio=threads`: a fixed pool of threads doing blocking `preadv2`/`pwritev2`/`fdatasync`/
+//! `fallocate`, the portable engine that works on every file and kernel.
+//!
+//! The pool is also the helper the asynchronous engines lean on for operations their kernel
+//! interface lacks, so it can be built around an eventfd that belongs to someone else.
+//!
+//! A batch is handed over under one lock with one wake-up per job; finished jobs are collected
+//! under a second lock and announced on the eventfd, which the queue worker polls beside its
+//! vring kick.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{blocking, drain_eventfd, Completion, Engine, IoOp};
+
+struct Job {
+    token: u64,
+    op: IoOp,
+}
+
+// SAFETY: a job's raw pointers refer to buffers the submitter keeps valid until the job's
+// completion is reaped (the `Engine::push` contract), so another thread may use them meanwhile.
+unsafe impl Send for Job {}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    stopping: bool,
+}
+
+struct Shared {
+    fd: RawFd,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    done: Mutex<Vec<Completion>>,
+    notify: EventFd,
+}
+
+/// A fixed-size pool of blocking I/O threads for one queue.
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    batch: Vec<Job>,
+    threads: Vec<JoinHandle<()>>,
+    /// The fd [`Engine::completion_fd`] reports: ours, or the owning engine's.
+    completion_fd: RawFd,
+}
+
+impl ThreadPool {
+    /// A pool of `threads` threads doing I/O on `fd` (which must outlive the pool) and
+    /// signalling `notify` when a job finishes.
+    pub fn new(fd: RawFd, threads: usize, notify: EventFd) -> io::Result<Self> {
+        let completion_fd = notify.as_raw_fd();
+        let shared = Arc::new(Shared {
+            fd,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            done: Mutex::new(Vec::new()),
+            notify,
+        });
+        let threads = (0..threads.max(1))
+            .map(|i| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("vblkd-io-{i}"))
+                    .spawn(move || run(&shared))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(ThreadPool {
+            shared,
+            batch: Vec::new(),
+            threads,
+            completion_fd,
+        })
+    }
+
+    /// A stand-alone `aio=threads` engine with its own eventfd.
+    pub fn engine(fd: RawFd, threads: usize) -> io::Result<Self> {
+        Self::new(
+            fd,
+            threads,
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+        )
+    }
+
+    /// Collects finished jobs without touching the eventfd; for engines that share theirs.
+    pub(super) fn collect(&self, out: &mut Vec<Completion>) {
+        let mut done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
+        out.append(&mut done);
+    }
+}
+
+fn run(shared: &Shared) {
+    loop {
+        let job = {
+            let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(job) = queue.jobs.pop_front() {
+                    break job;
+                }
+                if queue.stopping {
+                    return;
+                }
+                queue = shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let result = blocking::execute(shared.fd, &job.op);
+        shared
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Completion {
+                token: job.token,
+                result,
+            });
+        // A failed write to an eventfd can only mean its counter would overflow, in which
+        // case it is readable anyway.
+        let _ = shared.notify.write(1);
+    }
+}
+
+impl Engine for ThreadPool {
+    fn completion_fd(&self) -> RawFd {
+        self.completion_fd
+    }
+
+    unsafe fn push(&mut self, token: u64, op: IoOp) {
+        self.batch.push(Job { token, op });
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let n = self.batch.len();
+        {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.jobs.extend(self.batch.drain(..));
+        }
+        if n == 1 {
+            self.shared.wake.notify_one();
+        } else {
+            self.shared.wake.notify_all();
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        drain_eventfd(&self.shared.notify)?;
+        self.collect(out);
+        Ok(())
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stopping = true;
+        self.shared.wake.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

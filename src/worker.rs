@@ -1,0 +1,446 @@
+//! The queue worker: one per virtqueue, on its own thread, owning its own engine.
+//!
+//! A kick drains the avail ring completely: each chain is parsed, validated, and pushed to the
+//! engine as one operation whose buffers are the guest's own memory; then the whole batch is
+//! submitted at once. Completions come back on the engine's eventfd, which the thread polls in
+//! the same epoll set as the kick. Finished requests get their status byte and a used-ring
+//! entry, and the guest is signalled once per batch — and only if the event index (or the
+//! no-interrupt flag) says it wants to be.
+//!
+//! In-flight requests live in a slot table indexed by descriptor head: a head is unique among
+//! the chains the guest has made available, so the table never needs more than queue-size
+//! entries and the steady state allocates nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use vhost_user_backend::{VringRwLock, VringState, VringT};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
+
+use crate::blk::request::{self, Limits, Rejected, Request, RequestKind, Scratch};
+use crate::bounce::BounceBuffer;
+use crate::disk::DiskInfo;
+use crate::engine::{wait_for_completions, Completion, Engine, IoOp};
+use crate::GuestMemory;
+
+/// The most iovecs one system call accepts (`IOV_MAX`); longer lists go through a bounce
+/// buffer.
+const IOV_MAX: usize = 1024;
+
+/// Per-device settings every worker reads.
+pub struct WorkerConfig {
+    pub limits: Limits,
+    pub serial: Vec<u8>,
+    pub buffer_alignment: usize,
+    pub honours_flush: bool,
+    /// The guest's WCE bit, shared by all queues; read once per write request.
+    pub write_cache: Arc<AtomicBool>,
+}
+
+impl WorkerConfig {
+    pub fn new(info: &DiskInfo, max_data_bytes: u64, write_cache: Arc<AtomicBool>) -> Self {
+        WorkerConfig {
+            limits: Limits::new(info, max_data_bytes),
+            serial: info.serial.clone(),
+            buffer_alignment: info.buffer_alignment,
+            honours_flush: info.honours_flush,
+            write_cache,
+        }
+    }
+}
+
+/// A request between submission and completion.
+#[derive(Default)]
+struct Slot {
+    busy: bool,
+    status: GuestAddress,
+    /// Bytes the engine must report for success.
+    expected: usize,
+    /// Bytes written into guest buffers on success (read data), reported in the used ring.
+    written: u32,
+    /// The guest's data buffers.
+    iov: Vec<libc::iovec>,
+    /// Set when the guest's buffers cannot be used for I/O directly.
+    bounce: Option<BounceBuffer>,
+    is_read: bool,
+    /// Keeps the guest memory mapping these iovecs point into alive until completion.
+    mem: Option<Arc<GuestMemory>>,
+}
+
+// SAFETY: the iovecs point into guest memory that `mem` keeps mapped; a slot is only ever
+// used by the worker that owns it.
+unsafe impl Send for Slot {}
+
+/// What happened to a chain taken from the avail ring.
+enum Started {
+    /// Handed to the engine.
+    Submitted,
+    /// Finished already; put it in the used ring with this length.
+    Done(u32),
+    /// Not ours to answer (a head that is out of range or already in flight).
+    Ignored,
+}
+
+pub struct QueueWorker {
+    index: usize,
+    engine: Box<dyn Engine>,
+    config: Arc<WorkerConfig>,
+    mem: GuestMemoryAtomic<GuestMemory>,
+    slots: Vec<Slot>,
+    in_flight: usize,
+    scratch: Scratch,
+    completions: Vec<Completion>,
+    finished: Vec<(u16, u32)>,
+    /// The vring this worker serves, remembered from its first event so that in-flight I/O
+    /// can be completed into it when the queue is stopped from the control thread.
+    vring: Option<VringRwLock>,
+}
+
+impl QueueWorker {
+    pub fn new(
+        index: usize,
+        engine: Box<dyn Engine>,
+        config: Arc<WorkerConfig>,
+        mem: GuestMemoryAtomic<GuestMemory>,
+        queue_size: u16,
+    ) -> Self {
+        QueueWorker {
+            index,
+            engine,
+            config,
+            mem,
+            slots: (0..queue_size).map(|_| Slot::default()).collect(),
+            in_flight: 0,
+            scratch: Scratch::default(),
+            completions: Vec::with_capacity(usize::from(queue_size)),
+            finished: Vec::with_capacity(usize::from(queue_size)),
+            vring: None,
+        }
+    }
+
+    pub fn engine_fd(&self) -> std::os::fd::RawFd {
+        self.engine.completion_fd()
+    }
+
+    /// The guest kicked: take every available chain, submit the batch, complete what is
+    /// already done, notify once.
+    pub fn on_kick(&mut self, vring: &VringRwLock) {
+        self.vring.get_or_insert_with(|| vring.clone());
+        let mem = self.mem.memory().into_inner();
+        let mut state = vring.get_mut();
+        loop {
+            if let Err(e) = state.disable_notification() {
+                log::warn!("queue {}: cannot disable notifications: {e}", self.index);
+            }
+            let queue = state.get_queue_mut();
+            let chains = match queue.iter(&*mem) {
+                Ok(chains) => chains,
+                Err(e) => {
+                    log::error!(
+                        "queue {}: avail ring is unusable ({e}); ignoring it until reset",
+                        self.index
+                    );
+                    break;
+                }
+            };
+            for chain in chains {
+                let head = chain.head_index();
+                match self.start(chain, &mem) {
+                    Started::Done(len) => self.finished.push((head, len)),
+                    Started::Submitted | Started::Ignored => {}
+                }
+            }
+            match state.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    log::warn!("queue {}: cannot enable notifications: {e}", self.index);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.engine.submit() {
+            log::error!("queue {}: submitting I/O failed: {e}", self.index);
+        }
+        // Cheap check: buffered reads and the like may have completed during submission.
+        self.reap();
+        self.publish(&mut state, &mem);
+    }
+
+    /// The engine's eventfd fired: complete what finished and notify once.
+    pub fn on_completion(&mut self, vring: &VringRwLock) {
+        self.vring.get_or_insert_with(|| vring.clone());
+        self.reap();
+        if self.finished.is_empty() {
+            return;
+        }
+        let mem = self.mem.memory().into_inner();
+        let mut state = vring.get_mut();
+        self.publish(&mut state, &mem);
+    }
+
+    /// Waits for every in-flight request and completes it into the vring. Called when the
+    /// queue stops (GET_VRING_BASE) or the daemon shuts down.
+    pub fn drain(&mut self) {
+        while self.in_flight > 0 {
+            if let Err(e) = wait_for_completions(&*self.engine, 1000) {
+                log::error!("queue {}: waiting for I/O failed: {e}", self.index);
+                return;
+            }
+            self.reap();
+            if let Some(vring) = self.vring.clone() {
+                let mem = self.mem.memory().into_inner();
+                self.publish(&mut vring.get_mut(), &mem);
+            } else {
+                self.finished.clear();
+            }
+        }
+    }
+
+    fn start(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &Arc<GuestMemory>) -> Started {
+        let head = chain.head_index();
+        let Some(slot) = self.slots.get_mut(usize::from(head)) else {
+            log::warn!(
+                "queue {}: descriptor head {head} is outside the queue; ignored",
+                self.index
+            );
+            return Started::Ignored;
+        };
+        if slot.busy {
+            log::warn!(
+                "queue {}: guest reused descriptor {head} while in flight; ignored",
+                self.index
+            );
+            return Started::Ignored;
+        }
+        let config = &*self.config;
+        let req = match request::parse(chain, mem, &config.limits, &mut self.scratch, &mut slot.iov)
+        {
+            Ok(req) => req,
+            Err(Rejected { status, error }) => {
+                log::debug!("queue {}: request {head} rejected: {error}", self.index);
+                return match status {
+                    Some(addr) => {
+                        write_status(mem, addr, error.status());
+                        Started::Done(1)
+                    }
+                    None => Started::Done(0),
+                };
+            }
+        };
+        let op = match req.kind {
+            RequestKind::Read { .. } | RequestKind::Write { .. } if req.data_len == 0 => {
+                write_status(mem, req.status, VIRTIO_BLK_S_OK as u8);
+                return Started::Done(1);
+            }
+            RequestKind::GetId => {
+                let n = copy_to_iovecs(&slot.iov, &config.serial);
+                // The serial is NUL-padded when it is shorter than the buffer (up to 20 bytes).
+                let padded = req.data_len.min(crate::disk::SERIAL_LEN);
+                zero_iovecs_from(&slot.iov, n, padded);
+                write_status(mem, req.status, VIRTIO_BLK_S_OK as u8);
+                return Started::Done(padded as u32 + 1);
+            }
+            RequestKind::Flush if !config.honours_flush => {
+                write_status(mem, req.status, VIRTIO_BLK_S_OK as u8);
+                return Started::Done(1);
+            }
+            RequestKind::Flush => IoOp::Flush,
+            RequestKind::Discard { offset, len } => IoOp::Discard { offset, len },
+            RequestKind::WriteZeroes { offset, len, unmap } => {
+                IoOp::WriteZeroes { offset, len, unmap }
+            }
+            RequestKind::Read { offset } | RequestKind::Write { offset } => {
+                match prepare_data(slot, &req, config.buffer_alignment) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        log::error!("queue {}: cannot allocate a bounce buffer: {e}", self.index);
+                        write_status(mem, req.status, VIRTIO_BLK_S_IOERR as u8);
+                        return Started::Done(1);
+                    }
+                }
+                let (iov, iovcnt) = match &slot.bounce {
+                    Some(b) => (b.iovec() as *const libc::iovec, 1),
+                    None => (slot.iov.as_ptr(), slot.iov.len()),
+                };
+                if matches!(req.kind, RequestKind::Read { .. }) {
+                    IoOp::Read {
+                        offset,
+                        iov,
+                        iovcnt,
+                    }
+                } else {
+                    let dsync = config.honours_flush && !config.write_cache.load(Ordering::Relaxed);
+                    IoOp::Write {
+                        offset,
+                        iov,
+                        iovcnt,
+                        dsync,
+                    }
+                }
+            }
+        };
+        let is_read = matches!(req.kind, RequestKind::Read { .. });
+        slot.busy = true;
+        slot.status = req.status;
+        slot.is_read = is_read;
+        slot.expected = match req.kind {
+            RequestKind::Read { .. } | RequestKind::Write { .. } => req.data_len,
+            _ => 0,
+        };
+        slot.written = if is_read { req.data_len as u32 } else { 0 };
+        slot.mem = Some(mem.clone());
+        self.in_flight += 1;
+        // SAFETY: the iovecs (or the bounce buffer) live in the slot, which is not touched
+        // until this head's completion is reaped; the guest memory they point into is kept
+        // mapped by `slot.mem` for the same time.
+        unsafe { self.engine.push(u64::from(head), op) };
+        Started::Submitted
+    }
+
+    /// Collects finished operations and turns them into (head, used length) pairs.
+    fn reap(&mut self) {
+        if let Err(e) = self.engine.reap(&mut self.completions) {
+            log::error!("queue {}: reaping completions failed: {e}", self.index);
+        }
+        for c in self.completions.drain(..) {
+            let Some(slot) = self.slots.get_mut(c.token as usize).filter(|s| s.busy) else {
+                log::error!(
+                    "queue {}: completion for unknown request {}",
+                    self.index,
+                    c.token
+                );
+                continue;
+            };
+            let ok = match c.result {
+                Ok(n) if n == slot.expected => true,
+                Ok(n) => {
+                    log::warn!(
+                        "queue {}: short transfer: {n} of {} bytes",
+                        self.index,
+                        slot.expected
+                    );
+                    false
+                }
+                Err(e) => {
+                    log::warn!("queue {}: I/O error: {e}", self.index);
+                    false
+                }
+            };
+            if let Some(bounce) = slot.bounce.take() {
+                if ok && slot.is_read {
+                    copy_to_iovecs(&slot.iov, bounce.as_slice());
+                }
+            }
+            let mem = slot.mem.take().expect("busy slot holds its memory");
+            let status = if ok {
+                VIRTIO_BLK_S_OK
+            } else {
+                VIRTIO_BLK_S_IOERR
+            };
+            write_status(&mem, slot.status, status as u8);
+            let len = if ok { slot.written + 1 } else { 1 };
+            slot.busy = false;
+            self.in_flight -= 1;
+            self.finished.push((c.token as u16, len));
+        }
+    }
+
+    /// Puts finished requests in the used ring and signals the guest if it asked to be.
+    fn publish(
+        &mut self,
+        state: &mut VringState<GuestMemoryAtomic<GuestMemory>>,
+        mem: &GuestMemory,
+    ) {
+        if self.finished.is_empty() {
+            return;
+        }
+        let queue = state.get_queue_mut();
+        for (head, len) in self.finished.drain(..) {
+            if let Err(e) = queue.add_used(mem, head, len) {
+                log::warn!("queue {}: cannot add to used ring: {e}", self.index);
+            }
+        }
+        match state.needs_notification() {
+            Ok(false) => {}
+            Ok(true) | Err(_) => {
+                if let Err(e) = state.signal_used_queue() {
+                    log::warn!("queue {}: cannot signal the guest: {e}", self.index);
+                }
+            }
+        }
+    }
+}
+
+fn write_status(mem: &GuestMemory, addr: GuestAddress, status: u8) {
+    // The parser checked that the status byte is mapped; a failure here means the guest
+    // changed its memory map under us, and there is nobody left to tell.
+    if let Err(e) = mem.write_obj(status, addr) {
+        log::warn!("cannot write request status: {e}");
+    }
+}
+
+/// Decides whether the guest's buffers can go to the engine as they are; if not (O_DIRECT
+/// alignment, or more segments than one system call takes), sets up a bounce buffer, filled
+/// with the data for writes.
+fn prepare_data(slot: &mut Slot, req: &Request, alignment: usize) -> std::io::Result<()> {
+    let misaligned = alignment > 1
+        && slot
+            .iov
+            .iter()
+            .any(|v| (v.iov_base as usize) % alignment != 0 || v.iov_len % alignment != 0);
+    if !misaligned && slot.iov.len() <= IOV_MAX {
+        return Ok(());
+    }
+    let mut bounce = BounceBuffer::new(req.data_len)?;
+    if matches!(req.kind, RequestKind::Write { .. }) {
+        copy_from_iovecs(&slot.iov, bounce.as_mut_slice());
+    }
+    slot.bounce = Some(bounce);
+    Ok(())
+}
+
+/// Copies `src` into the buffers `iov` describes, returning the bytes copied.
+fn copy_to_iovecs(iov: &[libc::iovec], src: &[u8]) -> usize {
+    let mut done = 0;
+    for v in iov {
+        if done == src.len() {
+            break;
+        }
+        let n = v.iov_len.min(src.len() - done);
+        // SAFETY: every iovec was produced by the parser from mapped guest memory, which the
+        // caller keeps alive; `n` does not exceed either buffer.
+        unsafe { std::ptr::copy_nonoverlapping(src[done..].as_ptr(), v.iov_base.cast::<u8>(), n) };
+        done += n;
+    }
+    done
+}
+
+/// Zeroes bytes `from..to` of the buffers `iov` describes.
+fn zero_iovecs_from(iov: &[libc::iovec], from: usize, to: usize) {
+    let mut pos = 0;
+    for v in iov {
+        let (start, end) = (pos, pos + v.iov_len);
+        pos = end;
+        let (a, b) = (start.max(from), end.min(to));
+        if a < b {
+            // SAFETY: as in `copy_to_iovecs`; `a - start .. b - start` lies inside this buffer.
+            unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>().add(a - start), 0, b - a) };
+        }
+    }
+}
+
+/// Copies the buffers `iov` describes into `dst`.
+fn copy_from_iovecs(iov: &[libc::iovec], dst: &mut [u8]) {
+    let mut done = 0;
+    for v in iov {
+        let n = v.iov_len.min(dst.len() - done);
+        // SAFETY: as in `copy_to_iovecs`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), dst[done..].as_mut_ptr(), n)
+        };
+        done += n;
+    }
+}
