@@ -1,0 +1,243 @@
+//! Shared test helpers: run the real `vblkd` binary, and drive it as a real vhost-user client
+//! would (the `blkio` crate's `virtio-blk-vhost-user` driver).
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blkio::{Blkio, Blkioq, MemoryRegion, ReqFlags};
+
+pub const VBLKD: &str = env!("CARGO_BIN_EXE_vblkd");
+
+/// A running daemon; stopped with SIGTERM (and checked to exit 0) by [`Daemon::stop`], killed
+/// on drop otherwise.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `vblkd serve --socket DIR/vblkd.sock ARGS...` and waits until it listens.
+    pub fn start(dir: &Path, args: &[&str]) -> Daemon {
+        let socket = dir.join("vblkd.sock");
+        let mut child = Command::new(VBLKD)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vblkd starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[vblkd] {line}");
+                if line.contains("listening on") {
+                    let _ = ready_tx.send(());
+                }
+                log2.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        // The reader thread drops the sender when stderr closes (the daemon died).
+        if ready_rx.recv().is_err() {
+            let status = child.wait().unwrap();
+            panic!(
+                "vblkd exited ({status}) before listening:\n{}",
+                log.lock().unwrap()
+            );
+        }
+        Daemon {
+            child: Some(child),
+            socket,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: sending a signal to our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `vblkd ARGS...` to completion, returning its exit code and stderr.
+pub fn run_vblkd(args: &[&str]) -> (i32, String) {
+    let out = Command::new(VBLKD).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// A connected blkio client with one shared buffer region.
+pub struct Client {
+    pub blkio: Blkio,
+    pub queues: Vec<Blkioq>,
+    region: MemoryRegion,
+}
+
+/// How long a request may take before the test calls it hung.
+pub const HANG_LIMIT: Duration = Duration::from_secs(30);
+
+impl Client {
+    pub fn connect(
+        socket: &Path,
+        num_queues: i32,
+        read_only: bool,
+        buffer_bytes: usize,
+    ) -> blkio::Result<Client> {
+        let mut blkio = Blkio::new("virtio-blk-vhost-user")?;
+        blkio.set_str("path", socket.to_str().unwrap())?;
+        if read_only {
+            blkio.set_bool("read-only", true)?;
+        }
+        blkio.connect()?;
+        blkio.set_i32("num-queues", num_queues)?;
+        let queues = blkio.start()?.queues;
+        let region = blkio.alloc_mem_region(buffer_bytes)?;
+        blkio.map_mem_region(&region)?;
+        Ok(Client {
+            blkio,
+            queues,
+            region,
+        })
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.blkio.get_u64("capacity").unwrap()
+    }
+
+    /// The shared buffer region as a byte slice.
+    pub fn buffers(&mut self) -> &mut [u8] {
+        // SAFETY: the region is mapped for the client's lifetime and `&mut self` makes the
+        // access unique; the daemon only touches it while a request we submitted is pending,
+        // and callers only look at buffers of completed requests.
+        unsafe { std::slice::from_raw_parts_mut(self.region.addr as *mut u8, self.region.len) }
+    }
+
+    pub fn buffer_ptr(&self, offset: usize) -> *mut u8 {
+        assert!(offset < self.region.len);
+        (self.region.addr + offset) as *mut u8
+    }
+
+    /// Waits for `n` completions on queue `q` and returns their results, by user_data.
+    pub fn wait(&mut self, q: usize, n: usize) -> Vec<(usize, i32)> {
+        let mut done = Vec::with_capacity(n);
+        let mut completions: Vec<MaybeUninit<blkio::Completion>> =
+            (0..n.max(1)).map(|_| MaybeUninit::uninit()).collect();
+        while done.len() < n {
+            let mut timeout = HANG_LIMIT;
+            let want = n - done.len();
+            let got = self.queues[q]
+                .do_io(&mut completions[..want], want, Some(&mut timeout), None)
+                .expect("do_io");
+            assert!(
+                got > 0,
+                "request(s) on queue {q} did not complete within {HANG_LIMIT:?}"
+            );
+            for c in &completions[..got] {
+                // SAFETY: do_io initialised the first `got` entries.
+                let c = unsafe { c.assume_init_ref() };
+                done.push((c.user_data, c.ret));
+            }
+        }
+        done
+    }
+
+    /// One read of `len` bytes at `offset` into the start of the buffer region; returns the
+    /// result code.
+    pub fn read_sync(&mut self, q: usize, offset: u64, len: usize) -> i32 {
+        let buf = self.buffer_ptr(0);
+        self.queues[q].read(offset, buf, len, 0, ReqFlags::empty());
+        self.wait(q, 1)[0].1
+    }
+
+    pub fn write_sync(&mut self, q: usize, offset: u64, data: &[u8]) -> i32 {
+        self.buffers()[..data.len()].copy_from_slice(data);
+        let buf = self.buffer_ptr(0);
+        self.queues[q].write(offset, buf, data.len(), 0, ReqFlags::empty());
+        self.wait(q, 1)[0].1
+    }
+
+    /// Reads the whole disk, `chunk` bytes at a time, into a vector.
+    pub fn read_all(&mut self, q: usize, chunk: usize) -> Vec<u8> {
+        let capacity = self.capacity();
+        let mut out = Vec::with_capacity(capacity as usize);
+        let mut pos = 0u64;
+        while pos < capacity {
+            let len = chunk.min((capacity - pos) as usize);
+            assert_eq!(self.read_sync(q, pos, len), 0, "read at {pos}");
+            out.extend_from_slice(&self.buffers()[..len]);
+            pos += len as u64;
+        }
+        out
+    }
+}
+
+/// Index of the first differing byte, for readable assertion messages.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    if a.len() != b.len() {
+        return Some(a.len().min(b.len()));
+    }
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
