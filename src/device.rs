@@ -160,7 +160,9 @@ impl VhostUserBackend for BlockDevice {
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        // The writeback byte is the only writable field of virtio-blk's config space.
+        // The writeback byte is the only writable field of virtio-blk's config space. Other
+        // writes are ignored rather than failed: an error here would make the vhost-user
+        // library drop the whole connection.
         match (offset, buf) {
             (WRITEBACK_OFFSET, [wce]) => {
                 let on = *wce != 0;
@@ -169,16 +171,13 @@ impl VhostUserBackend for BlockDevice {
                     if on { "on" } else { "off" }
                 );
                 self.write_cache.store(on, Ordering::Relaxed);
-                Ok(())
             }
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "config write of {} bytes at offset {offset} is not allowed",
-                    buf.len()
-                ),
-            )),
+            _ => log::warn!(
+                "ignoring a {}-byte write to read-only config space at offset {offset}",
+                buf.len()
+            ),
         }
+        Ok(())
     }
 
     fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {

@@ -159,6 +159,7 @@ pub fn parse(
 
     let mut readable_after_writable = false;
     let mut ends_cleanly = false;
+    let mut ends_writable = false;
     for desc in chain {
         let seg = Segment {
             addr: desc.addr(),
@@ -171,6 +172,7 @@ pub fn parse(
             scratch.readable.push(seg);
         }
         ends_cleanly = !desc.has_next();
+        ends_writable = desc.is_write_only();
     }
     // The iterator stops early, without saying so, on loops, on chains longer than the queue,
     // on bad next indices and on unreadable indirect tables: the last descriptor it gave us
@@ -180,6 +182,9 @@ pub fn parse(
         return Err(reject(None, RequestError::BrokenChain));
     }
 
+    if !ends_writable {
+        return Err(reject(None, RequestError::NoStatus));
+    }
     let status = status_address(mem, &scratch.writable).map_err(|e| reject(None, e))?;
     let fail = |error| reject(Some(status), error);
     if readable_after_writable {
@@ -287,8 +292,8 @@ fn total_len(segs: &[Segment]) -> u64 {
     segs.iter().map(|s| s.len).sum()
 }
 
-/// The status byte is the last byte of the last writable descriptor, which must also be the
-/// last descriptor of the chain.
+/// The status byte is the last byte of the last writable descriptor (the caller has checked
+/// that this is the chain's last descriptor).
 fn status_address(mem: &GuestMemory, writable: &[Segment]) -> Result<GuestAddress, RequestError> {
     let last = writable.last().ok_or(RequestError::NoStatus)?;
     if last.len == 0 {

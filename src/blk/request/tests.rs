@@ -147,6 +147,13 @@ fn chain_without_writable_status_gets_no_reply() {
     // Status descriptor not writable.
     let (r, _) = parse_chain(&mem, &[desc(HDR, 16, 0), desc(STATUS, 1, 0)], &limits());
     assert_eq!(r, rejected(None, RequestError::NoStatus));
+    // A readable descriptor after the writable data, where the status should be.
+    let (r, _) = parse_chain(
+        &mem,
+        &[desc(HDR, 16, 0), desc(DATA, 512, W), desc(STATUS, 1, 0)],
+        &limits(),
+    );
+    assert_eq!(r, rejected(None, RequestError::NoStatus));
     // Zero-length status descriptor.
     let (r, _) = parse_chain(&mem, &[desc(HDR, 16, 0), desc(STATUS, 0, W)], &limits());
     assert_eq!(r, rejected(None, RequestError::NoStatus));
