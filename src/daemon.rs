@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::Listener;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -160,7 +160,10 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         device.drain();
         stop_workers(&daemon);
         match result {
-            Ok(()) => log::info!("frontend disconnected"),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => log::info!("frontend disconnected"),
             Err(e) => log::warn!("frontend connection ended: {e}"),
         }
     }
