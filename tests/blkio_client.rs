@@ -321,3 +321,27 @@ fn io_uring_cache_writethrough() {
 fn threads_cache_unsafe() {
     io_suite("threads", "unsafe");
 }
+
+#[test]
+fn read_only_disk_is_offered_read_only() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let disk = dir.path().join("disk.img");
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&disk, &data).unwrap();
+    let daemon = Daemon::start(
+        dir.path(),
+        &["--disk", disk.to_str().unwrap(), "--read-only"],
+    );
+
+    // The device offers VIRTIO_BLK_F_RO, so a read-write client is turned away...
+    let err = Client::connect(&daemon.socket, 1, false, 1 << 20)
+        .err()
+        .expect("read-write attach must fail");
+    assert_eq!(err.errno(), blkio::Errno::ROFS, "{}", err.message());
+    // ...and a read-only one reads the data. (Writes that get past a client are refused by
+    // the daemon itself: see hostile_guest.rs.)
+    let mut client = Client::connect(&daemon.socket, 1, true, 1 << 20).unwrap();
+    assert_eq!(client.read_all(0, 256 << 10), data);
+    drop(client);
+    assert!(daemon.stop().success());
+}

@@ -363,6 +363,21 @@ fn malformed_chains_get_errors_and_the_daemon_keeps_serving() {
         (vec![(0, 513)], VIRTIO_BLK_S_OK as u8)
     );
 
+    // GET_ID: the serial (the file name by default), NUL-padded to the 20 bytes asked for.
+    guest.header(VIRTIO_BLK_T_GET_ID, 0);
+    let used = guest.submit(
+        &chain(&[(HDR, 16, 0), (DATA, 20, W), (STATUS, 1, W)]),
+        &[0],
+        1,
+    );
+    assert_eq!(
+        (used, guest.status()),
+        (vec![(0, 21)], VIRTIO_BLK_S_OK as u8)
+    );
+    let mut id = [0xffu8; 20];
+    guest.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id, b"disk.img\0\0\0\0\0\0\0\0\0\0\0\0");
+
     // Still alive, still correct.
     let (status, got) = guest.read(0, 8192);
     assert_eq!(status, VIRTIO_BLK_S_OK as u8);
