@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     pub num_queues: u16,
     pub queue_size: u16,
+    /// Busy-poll each queue for this long after its last work before sleeping.
+    pub poll: Option<std::time::Duration>,
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts afterwards.
@@ -136,6 +138,7 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
             disk.clone(),
             opts.num_queues,
             opts.queue_size,
+            opts.poll,
             mem.clone(),
         )?);
         let mut daemon =

@@ -14,6 +14,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
@@ -43,12 +44,13 @@ pub struct BlockDevice {
 
 impl BlockDevice {
     /// A device on `disk` with `num_queues` queues of up to `queue_size` entries, each with a
-    /// fresh engine. `mem` is the guest memory the vhost-user library maintains. The write
+    /// fresh engine, busy-polling for `poll` after work if set. `mem` is the guest memory the vhost-user library maintains. The write
     /// cache starts as the cache mode says, as on a freshly reset device.
     pub fn new(
         disk: Arc<dyn Disk>,
         num_queues: u16,
         queue_size: u16,
+        poll: Option<Duration>,
         mem: GuestMemoryAtomic<GuestMemory>,
     ) -> Result<Self, DiskError> {
         let write_cache = Arc::new(AtomicBool::new(disk.info().write_cache));
@@ -56,6 +58,7 @@ impl BlockDevice {
             disk.info(),
             max_request_bytes(queue_size),
             write_cache.clone(),
+            poll,
         ));
         let workers = (0..usize::from(num_queues))
             .map(|i| {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+use vblkd::bench::{self, Rw, Target, Workload};
 use vblkd::daemon::{self, ServeOptions};
-use vblkd::disk::{AioMode, CacheMode, Disk, FileDisk, FileDiskOptions, SERIAL_LEN};
+use vblkd::disk::{AioMode, CacheMode, Disk, FileDisk, FileDiskOptions, NullDisk, SERIAL_LEN};
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +24,89 @@ struct Cli {
 enum Command {
     /// Serve a disk on a vhost-user socket until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Measure a vhost-user-blk daemon (or a file, natively).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// One workload against one daemon socket, or natively against a file.
+    Run(BenchRunArgs),
+    /// Every aio and cache mode of vblkd and qemu-storage-daemon, the null disks and the
+    /// native reference, over a grid of workloads; writes report.md and SVG charts.
+    Matrix(BenchMatrixArgs),
+}
+
+#[derive(Args)]
+struct BenchMatrixArgs {
+    /// The disk file to benchmark on; created (filled with data) if missing.
+    #[arg(long, value_name = "FILE")]
+    disk: PathBuf,
+    /// Size of the disk file when it has to be created.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    size: u64,
+    /// Where report.md, results.json and the charts go.
+    #[arg(long, value_name = "DIR", default_value = "bench-report")]
+    out: PathBuf,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Warm-up seconds per run.
+    #[arg(long, default_value_t = 0.5)]
+    ramp: f64,
+    /// Do not pin daemons and load threads to separate CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Also measure vblkd with --poll-us set to this (0: skip those rows).
+    #[arg(long, default_value_t = 50)]
+    poll_us: u32,
+    /// Extra arguments for every vblkd daemon, e.g. --vblkd-arg=--threads=16.
+    #[arg(long = "vblkd-arg", value_name = "ARG", allow_hyphen_values = true)]
+    vblkd_args: Vec<String>,
+}
+
+#[derive(Args)]
+#[group(id = "target", required = true, multiple = false)]
+struct TargetArgs {
+    /// A vhost-user-blk socket (vblkd, qemu-storage-daemon, ...).
+    #[arg(long, value_name = "PATH", group = "target")]
+    socket: Option<PathBuf>,
+    /// A file or block device, driven with io_uring and O_DIRECT: the native reference.
+    #[arg(long, value_name = "FILE", group = "target")]
+    native: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchRunArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[arg(long, value_enum, default_value = "randread")]
+    rw: Rw,
+    /// Block size; suffixes K, M.
+    #[arg(long, default_value = "4k", value_parser = parse_size)]
+    bs: u64,
+    /// Requests in flight per queue.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    iodepth: u16,
+    /// Queues, one load thread each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: u16,
+    /// Length of the measured window.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Warm-up before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    ramp: f64,
+    /// The daemon's PID, to measure its CPU time and context switches per I/O.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Pin the load threads to these CPUs (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -30,7 +114,7 @@ struct ServeArgs {
     /// The vhost-user unix socket to listen on (replaced if it exists).
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
-    /// A regular file or a block device.
+    /// A regular file or a block device; or null:SIZE, a disk that does no I/O.
     #[arg(long, value_name = "PATH")]
     disk: PathBuf,
     /// Create the file with this size, or grow it (sparse); suffixes K, M, G, T (powers of 1024).
@@ -57,6 +141,10 @@ struct ServeArgs {
     /// Serial number returned to the guest (at most 20 bytes); defaults to the disk's file name.
     #[arg(long, value_name = "STR", value_parser = parse_serial)]
     serial: Option<String>,
+    /// Busy-poll each queue (and its engine) for this many microseconds after its last work
+    /// before going to sleep, like QEMU's poll-max-ns: lower latency for more CPU. 0 = off.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    poll_us: u32,
     /// Threads per queue for --aio threads.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
@@ -110,7 +198,21 @@ fn parse_serial(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+fn open_disk(args: &ServeArgs) -> Result<Arc<dyn Disk>, Box<dyn std::error::Error>> {
+    if let Some(size) = args.disk.to_str().and_then(|d| d.strip_prefix("null:")) {
+        let size = parse_size(size).map_err(|e| format!("--disk null:SIZE: {e}"))?;
+        let disk = NullDisk::new(
+            size,
+            args.logical_block_size,
+            args.read_only,
+            args.serial.as_deref(),
+        )?;
+        log::info!(
+            "serving a null disk of {} bytes (no I/O is done)",
+            disk.info().capacity
+        );
+        return Ok(Arc::new(disk));
+    }
     let disk = FileDisk::open(&FileDiskOptions {
         path: args.disk.clone(),
         size: args.size,
@@ -118,42 +220,96 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         cache: args.cache,
         read_only: args.read_only,
         logical_block_size: args.logical_block_size,
-        serial: args.serial,
+        serial: args.serial.clone(),
         threads: usize::from(args.threads),
     })?;
     let info = disk.info();
     log::info!(
-        "serving {} ({} bytes, {}-byte blocks{}) with aio={:?} cache={:?}, {} queue(s) of {}",
+        "serving {} ({} bytes, {}-byte blocks{}) with aio={:?} cache={:?}",
         args.disk.display(),
         info.capacity,
         info.logical_block_size,
         if info.read_only { ", read-only" } else { "" },
         disk.aio(),
         args.cache,
-        args.num_queues,
-        args.queue_size,
     );
-    let disk: Arc<dyn Disk> = Arc::new(disk);
+    Ok(Arc::new(disk))
+}
+
+fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Before any thread exists, so that every thread inherits the mask.
+    daemon::block_termination_signals()
+        .map_err(|e| format!("cannot block termination signals: {e}"))?;
+    let disk = open_disk(&args)?;
+    log::info!(
+        "{} queue(s) of {} entries",
+        args.num_queues,
+        args.queue_size
+    );
     daemon::serve(
         disk,
         &ServeOptions {
             socket: args.socket,
             num_queues: args.num_queues,
             queue_size: args.queue_size,
+            poll: (args.poll_us > 0)
+                .then(|| std::time::Duration::from_micros(u64::from(args.poll_us))),
         },
     )?;
+    Ok(())
+}
+
+fn bench_run(args: BenchRunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let target = match (args.target.socket, args.target.native) {
+        (Some(socket), _) => Target::Socket(socket),
+        (None, Some(file)) => Target::Native(file),
+        (None, None) => unreachable!("clap requires one target"),
+    };
+    if !(args.seconds > 0.0 && args.ramp >= 0.0) {
+        return Err("--seconds must be positive and --ramp not negative".into());
+    }
+    if args.bs == 0 || args.bs % 512 != 0 {
+        return Err(format!("--bs {} is not a multiple of 512", args.bs).into());
+    }
+    let workload = Workload {
+        rw: args.rw,
+        bs: args.bs as usize,
+        iodepth: usize::from(args.iodepth),
+        queues: usize::from(args.queues),
+        seconds: args.seconds,
+        ramp: args.ramp,
+    };
+    let result = bench::run(&target, &workload, args.pid, &args.cpus)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print!("{}", bench::format_result(&result));
+    }
+    Ok(())
+}
+
+fn bench_matrix(args: BenchMatrixArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let report = bench::matrix::run_matrix(&bench::matrix::MatrixOptions {
+        disk: args.disk,
+        size: args.size,
+        out: args.out,
+        seconds: args.seconds,
+        ramp: args.ramp,
+        pin: !args.no_pin,
+        vblkd_args: args.vblkd_args,
+        poll_us: args.poll_us,
+    })?;
+    println!("report written to {}", report.display());
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Err(e) = daemon::block_termination_signals() {
-        eprintln!("vblkd: error: cannot block termination signals: {e}");
-        return ExitCode::from(2);
-    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(BenchCommand::Run(args)) => bench_run(args),
+        Command::Bench(BenchCommand::Matrix(args)) => bench_matrix(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
@@ -37,11 +38,19 @@ pub struct WorkerConfig {
     pub honours_flush: bool,
     /// The guest's WCE bit, shared by all queues; read once per write request.
     pub write_cache: Arc<AtomicBool>,
+    /// Busy-poll the queue and the engine for this long after the last work before sleeping.
+    pub poll: Option<Duration>,
 }
 
 impl WorkerConfig {
-    pub fn new(info: &DiskInfo, max_data_bytes: u64, write_cache: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        info: &DiskInfo,
+        max_data_bytes: u64,
+        write_cache: Arc<AtomicBool>,
+        poll: Option<Duration>,
+    ) -> Self {
         WorkerConfig {
+            poll,
             limits: Limits::new(info, max_data_bytes),
             serial: info.serial.clone(),
             buffer_alignment: info.buffer_alignment,
@@ -72,6 +81,14 @@ struct Slot {
 // SAFETY: the iovecs point into guest memory that `mem` keeps mapped; a slot is only ever
 // used by the worker that owns it.
 unsafe impl Send for Slot {}
+
+/// How to collect completions: `Reap` resets the engine's eventfd (after an epoll wake-up),
+/// `Poll` avoids system calls (inside a busy-polling loop).
+#[derive(Clone, Copy)]
+enum Reaper {
+    Reap,
+    Poll,
+}
 
 /// What happened to a chain taken from the avail ring.
 enum Started {
@@ -125,60 +142,124 @@ impl QueueWorker {
     }
 
     /// The guest kicked: take every available chain, submit the batch, complete what is
-    /// already done, notify once.
+    /// already done, notify once. With polling configured, keep going until the queue has
+    /// been idle for the polling time.
     pub fn on_kick(&mut self, vring: &VringRwLock) {
         self.vring.get_or_insert_with(|| vring.clone());
         let mem = self.mem.memory().into_inner();
         let mut state = vring.get_mut();
-        loop {
-            if let Err(e) = state.disable_notification() {
-                log::warn!("queue {}: cannot disable notifications: {e}", self.index);
-            }
-            let queue = state.get_queue_mut();
-            let chains = match queue.iter(&*mem) {
-                Ok(chains) => chains,
-                Err(e) => {
-                    log::error!(
-                        "queue {}: avail ring is unusable ({e}); ignoring it until reset",
-                        self.index
-                    );
-                    break;
-                }
-            };
-            for chain in chains {
-                let head = chain.head_index();
-                match self.start(chain, &mem) {
-                    Started::Done(len) => self.finished.push((head, len)),
-                    Started::Submitted | Started::Ignored => {}
-                }
-            }
-            match state.enable_notification() {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    log::warn!("queue {}: cannot enable notifications: {e}", self.index);
-                    break;
-                }
-            }
-        }
-        if let Err(e) = self.engine.submit() {
-            log::error!("queue {}: submitting I/O failed: {e}", self.index);
-        }
-        // Cheap check: buffered reads and the like may have completed during submission.
-        self.reap();
-        self.publish(&mut state, &mem);
+        self.serve(&mut state, &mem, Reaper::Reap);
     }
 
-    /// The engine's eventfd fired: complete what finished and notify once.
+    /// The engine's eventfd fired: complete what finished and notify once (and poll, if
+    /// configured).
     pub fn on_completion(&mut self, vring: &VringRwLock) {
         self.vring.get_or_insert_with(|| vring.clone());
-        self.reap();
+        self.reap(Reaper::Reap);
         if self.finished.is_empty() {
             return;
         }
         let mem = self.mem.memory().into_inner();
         let mut state = vring.get_mut();
         self.publish(&mut state, &mem);
+        if self.config.poll.is_some() {
+            self.serve(&mut state, &mem, Reaper::Poll);
+        }
+    }
+
+    /// Takes available requests, submits, reaps and publishes; while polling, repeats until
+    /// the queue has been idle for the polling time, and only then lets the guest kick again.
+    fn serve(
+        &mut self,
+        state: &mut VringState<GuestMemoryAtomic<GuestMemory>>,
+        mem: &Arc<GuestMemory>,
+        reaper: Reaper,
+    ) {
+        let Some(poll) = self.config.poll else {
+            loop {
+                self.take_available(state, mem);
+                match state.enable_notification() {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        log::warn!("queue {}: cannot enable notifications: {e}", self.index);
+                        break;
+                    }
+                }
+            }
+            self.submit_and_publish(state, mem, reaper);
+            return;
+        };
+        let mut idle_since = Instant::now();
+        loop {
+            // Notifications stay off while we poll: the guest need not kick, we look.
+            let took = self.take_available(state, mem);
+            let in_flight = self.in_flight;
+            self.submit_and_publish(state, mem, Reaper::Poll);
+            if took || self.in_flight != in_flight {
+                idle_since = Instant::now();
+            } else if idle_since.elapsed() >= poll {
+                // Going to sleep: reset the engine's eventfd (polling left it readable) so
+                // that epoll does not wake us for completions we already took.
+                self.reap(Reaper::Reap);
+                self.publish(state, mem);
+                match state.enable_notification() {
+                    Ok(false) | Err(_) => return,
+                    // A request slipped in as we re-armed: keep polling.
+                    Ok(true) => idle_since = Instant::now(),
+                }
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Parses every available chain and pushes its I/O; returns whether there was any.
+    fn take_available(
+        &mut self,
+        state: &mut VringState<GuestMemoryAtomic<GuestMemory>>,
+        mem: &Arc<GuestMemory>,
+    ) -> bool {
+        if let Err(e) = state.disable_notification() {
+            log::warn!("queue {}: cannot disable notifications: {e}", self.index);
+        }
+        let queue = state.get_queue_mut();
+        match queue.avail_idx(&**mem, Ordering::Acquire) {
+            Ok(idx) if idx.0 == queue.next_avail() => return false,
+            _ => {}
+        }
+        let chains = match queue.iter(&**mem) {
+            Ok(chains) => chains,
+            Err(e) => {
+                log::error!(
+                    "queue {}: avail ring is unusable ({e}); ignoring it until reset",
+                    self.index
+                );
+                return false;
+            }
+        };
+        for chain in chains {
+            let head = chain.head_index();
+            match self.start(chain, mem) {
+                Started::Done(len) => self.finished.push((head, len)),
+                Started::Submitted | Started::Ignored => {}
+            }
+        }
+        true
+    }
+
+    fn submit_and_publish(
+        &mut self,
+        state: &mut VringState<GuestMemoryAtomic<GuestMemory>>,
+        mem: &GuestMemory,
+        reaper: Reaper,
+    ) {
+        if let Err(e) = self.engine.submit() {
+            log::error!("queue {}: submitting I/O failed: {e}", self.index);
+        }
+        // Cheap check: buffered reads and the like may have completed during submission.
+        self.reap(reaper);
+        self.publish(state, mem);
     }
 
     /// Waits for every in-flight request and completes it into the vring. Called when the
@@ -189,7 +270,7 @@ impl QueueWorker {
                 log::error!("queue {}: waiting for I/O failed: {e}", self.index);
                 return;
             }
-            self.reap();
+            self.reap(Reaper::Reap);
             if let Some(vring) = self.vring.clone() {
                 let mem = self.mem.memory().into_inner();
                 self.publish(&mut vring.get_mut(), &mem);
@@ -301,8 +382,12 @@ impl QueueWorker {
     }
 
     /// Collects finished operations and turns them into (head, used length) pairs.
-    fn reap(&mut self) {
-        if let Err(e) = self.engine.reap(&mut self.completions) {
+    fn reap(&mut self, reaper: Reaper) {
+        let collected = match reaper {
+            Reaper::Reap => self.engine.reap(&mut self.completions),
+            Reaper::Poll => self.engine.poll(&mut self.completions),
+        };
+        if let Err(e) = collected {
             log::error!("queue {}: reaping completions failed: {e}", self.index);
         }
         for c in self.completions.drain(..) {

@@ -231,23 +231,26 @@ fn assert_file_matches(path: &Path, model: &[u8]) {
 }
 
 fn io_suite(aio: &str, cache: &str) {
+    io_suite_with(aio, cache, &[]);
+}
+
+fn io_suite_with(aio: &str, cache: &str, extra: &[&str]) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let disk = dir.path().join("disk.img");
-    let daemon = Daemon::start(
-        dir.path(),
-        &[
-            "--disk",
-            disk.to_str().unwrap(),
-            "--size",
-            "64M",
-            "--num-queues",
-            "2",
-            "--aio",
-            aio,
-            "--cache",
-            cache,
-        ],
-    );
+    let mut args = vec![
+        "--disk",
+        disk.to_str().unwrap(),
+        "--size",
+        "64M",
+        "--num-queues",
+        "2",
+        "--aio",
+        aio,
+        "--cache",
+        cache,
+    ];
+    args.extend_from_slice(extra);
+    let daemon = Daemon::start(dir.path(), &args);
     let mut rng = Rng::new(0x5eed ^ aio.len() as u64 ^ ((cache.len() as u64) << 8));
     let mut model = vec![0u8; DISK_BYTES as usize];
     {
@@ -320,6 +323,22 @@ fn io_uring_cache_writethrough() {
 #[test]
 fn threads_cache_unsafe() {
     io_suite("threads", "unsafe");
+}
+
+/// Busy-polling replaces the kick and the engine eventfd with a spin; the data must not care.
+#[test]
+fn io_uring_cache_none_polling() {
+    io_suite_with("io_uring", "none", &["--poll-us", "100"]);
+}
+
+#[test]
+fn native_cache_none_polling() {
+    io_suite_with("native", "none", &["--poll-us", "100"]);
+}
+
+#[test]
+fn threads_cache_writeback_polling() {
+    io_suite_with("threads", "writeback", &["--poll-us", "100"]);
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Disk backends: what sits behind the virtio-blk device.
 //!
 //! A backend describes the disk the guest sees ([`DiskInfo`]) and builds one I/O engine per
-//! queue worker ([`Disk::engine`]). The local file/block-device backend lives in [`file`];
-//! other backends (a null disk, an AoE initiator) plug in at the same place.
+//! queue worker ([`Disk::engine`]). The local file/block-device backend lives in [`file`], a
+//! disk that does no I/O (for measuring the daemon itself) in [`NullDisk`]; other backends
+//! plug in at the same place.
 
 use std::io;
 use std::path::PathBuf;
@@ -10,8 +11,10 @@ use std::path::PathBuf;
 use crate::engine::Engine;
 
 pub mod file;
+mod null;
 
 pub use file::{AioMode, CacheMode, FileDisk, FileDiskOptions};
+pub use null::NullDisk;
 
 /// Longest serial number virtio-blk's GET_ID can return.
 pub const SERIAL_LEN: usize = 20;

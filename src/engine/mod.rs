@@ -14,7 +14,8 @@
 //!   something to hand back. The worker waits on it in the same epoll set as the vring's kick,
 //!   so completions never take an extra thread hop (the lesson of vblade's AIO patch: poll the
 //!   completion events together with the request source, no signals).
-//! - [`Engine::reap`] never blocks.
+//! - [`Engine::reap`] never blocks. The worker reaps once after every submit, so completions
+//!   that are ready when `submit` returns need not be announced on the eventfd.
 //!
 //! Every engine instance belongs to exactly one queue worker: no lock or ring is shared between
 //! queues.
@@ -24,10 +25,12 @@ use std::os::fd::RawFd;
 
 mod aio;
 mod blocking;
+mod null;
 mod threads;
 mod uring;
 
 pub use aio::AioEngine;
+pub use null::NullEngine;
 pub use threads::ThreadPool;
 pub use uring::{probe_io_uring, UringEngine};
 
@@ -99,6 +102,13 @@ pub trait Engine: Send {
 
     /// Appends every finished operation to `out`, without blocking.
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()>;
+
+    /// Like [`Engine::reap`], for a busy-polling worker: avoids system calls where the
+    /// mechanism allows and leaves the eventfd alone (it may stay readable; the next `reap`
+    /// resets it).
+    fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.reap(out)
+    }
 }
 
 /// Waits until `engine`'s completion fd is readable or `timeout_ms` passes. Used where the

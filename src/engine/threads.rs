@@ -154,6 +154,11 @@ impl Engine for ThreadPool {
         self.collect(out);
         Ok(())
     }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.collect(out);
+        Ok(())
+    }
 }
 
 impl Drop for ThreadPool {

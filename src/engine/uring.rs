@@ -40,9 +40,11 @@ impl UringEngine {
     pub fn new(fd: RawFd, capacity: u16) -> io::Result<Self> {
         let entries = u32::from(capacity.max(2)).next_power_of_two();
         let ring = IoUring::builder()
-            // Completion entries are only posted when the worker enters the kernel anyway;
-            // there is no need to interrupt it with task work.
+            // Completions are posted by task work on the worker thread. A sleeping worker is
+            // woken for it anyway; a running (polling) one need not be interrupted by an IPI:
+            // the TASKRUN flag tells it to enter the kernel instead.
             .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .build(entries)?;
         ring.submitter().register_files(&[fd])?;
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
@@ -122,6 +124,20 @@ impl Engine for UringEngine {
         // Reset the eventfd before looking at the sources, so a completion that lands after
         // the look re-arms it and is not missed.
         drain_eventfd(&self.eventfd)?;
+        out.extend(
+            self.ring
+                .completion()
+                .map(|cqe| Completion::from_raw(cqe.user_data(), i64::from(cqe.result()))),
+        );
+        self.helper.collect(out);
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        if self.ring.completion().is_empty() && self.ring.submission().taskrun() {
+            // Completions wait in task work; any system call runs it.
+            self.ring.submit()?;
+        }
         out.extend(
             self.ring
                 .completion()

@@ -1,0 +1,166 @@
+//! A latency histogram with constant relative precision (log-linear buckets, like
+//! HdrHistogram): exact below 128 ns, then 64 buckets per power of two, so any percentile is
+//! within 1.6 % of the true value. Recording is an index computation and an increment; per
+//! thread histograms are merged at the end.
+
+const SUB_BUCKET_BITS: u32 = 6;
+const SUB_BUCKETS: u64 = 1 << SUB_BUCKET_BITS;
+/// Enough buckets for any u64 value.
+const BUCKETS: usize = ((64 - SUB_BUCKET_BITS as usize) + 1) * SUB_BUCKETS as usize;
+
+#[derive(Clone)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    sum: u128,
+    max: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; BUCKETS],
+            total: 0,
+            sum: 0,
+            max: 0,
+        }
+    }
+}
+
+fn bucket_of(v: u64) -> usize {
+    if v < 2 * SUB_BUCKETS {
+        return v as usize;
+    }
+    let shift = 63 - v.leading_zeros() - SUB_BUCKET_BITS;
+    (u64::from(shift) * SUB_BUCKETS + (v >> shift)) as usize
+}
+
+/// The range of values `[low, high]` that land in bucket `b`.
+fn bucket_range(b: usize) -> (u64, u64) {
+    let b = b as u64;
+    if b < 2 * SUB_BUCKETS {
+        return (b, b);
+    }
+    let shift = b / SUB_BUCKETS - 1;
+    let low = (b - shift * SUB_BUCKETS) << shift;
+    (low, low + (1 << shift) - 1)
+}
+
+impl Histogram {
+    pub fn record(&mut self, value: u64) {
+        self.counts[bucket_of(value)] += 1;
+        self.total += 1;
+        self.sum += u128::from(value);
+        self.max = self.max.max(value);
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+        self.sum += other.sum;
+        self.max = self.max.max(other.max);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    pub fn mean(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.total as f64
+        }
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// The value below which `p` percent of the recorded values fall (the midpoint of the
+    /// bucket holding that rank, never more than the maximum seen).
+    pub fn percentile(&self, p: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((p / 100.0) * self.total as f64)
+            .ceil()
+            .clamp(1.0, self.total as f64) as u64;
+        let mut seen = 0;
+        for (b, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let (low, high) = bucket_range(b);
+                return (low + (high - low) / 2).min(self.max);
+            }
+        }
+        self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_tile_the_number_line() {
+        let mut expected_low = 0;
+        for b in 0..bucket_of(u64::MAX) {
+            let (low, high) = bucket_range(b);
+            assert_eq!(low, expected_low, "bucket {b}");
+            assert!(high >= low);
+            assert_eq!(bucket_of(low), b);
+            assert_eq!(bucket_of(high), b);
+            expected_low = high + 1;
+        }
+        assert!(bucket_of(u64::MAX) < BUCKETS);
+    }
+
+    #[test]
+    fn small_values_are_exact() {
+        let mut h = Histogram::default();
+        for v in 1..=100 {
+            h.record(v);
+        }
+        assert_eq!(h.percentile(50.0), 50);
+        assert_eq!(h.percentile(99.0), 99);
+        assert_eq!(h.percentile(100.0), 100);
+        assert_eq!(h.mean(), 50.5);
+    }
+
+    #[test]
+    fn percentiles_are_within_two_percent() {
+        let mut h = Histogram::default();
+        // 1 µs .. 10 ms, uniformly.
+        let values: Vec<u64> = (0..100_000u64).map(|i| 1_000 + i * 100).collect();
+        for &v in &values {
+            h.record(v);
+        }
+        for p in [50.0, 90.0, 99.0, 99.9] {
+            let exact = values[((p / 100.0) * values.len() as f64).ceil() as usize - 1] as f64;
+            let got = h.percentile(p) as f64;
+            assert!((got - exact).abs() / exact < 0.02, "p{p}: {got} vs {exact}");
+        }
+        assert_eq!(h.max(), *values.last().unwrap());
+    }
+
+    #[test]
+    fn merging_adds_counts() {
+        let (mut a, mut b) = (Histogram::default(), Histogram::default());
+        (0..10).for_each(|_| a.record(1_000));
+        (0..30).for_each(|_| b.record(1_000_000));
+        a.merge(&b);
+        assert_eq!(a.count(), 40);
+        assert!(a.percentile(20.0) < 1_100);
+        assert!(a.percentile(50.0) > 900_000);
+        assert_eq!(a.max(), 1_000_000);
+    }
+
+    #[test]
+    fn empty_histogram_reports_zero() {
+        let h = Histogram::default();
+        assert_eq!((h.count(), h.percentile(99.0), h.mean()), (0, 0, 0.0));
+    }
+}

@@ -1,0 +1,477 @@
+//! `vblkd bench matrix`: every aio × cache mode of vblkd and of qemu-storage-daemon, the null
+//! disks of both, and the native reference, over one grid of workloads, in one run — so that
+//! the report's ratios compare numbers taken minutes apart on the same machine.
+//!
+//! Daemons are started here, one configuration at a time, pinned to the last CPU while the
+//! load threads are pinned to the first (when there are at least two), so that every daemon
+//! is measured the same way. Page caches are dropped between configurations when we are root.
+//! A run that fails is recorded as failed, never dropped.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::report;
+use super::{run, RunResult, Rw, Target, Workload};
+
+/// Which program serves the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Peer {
+    /// io_uring + O_DIRECT straight on the file, no daemon.
+    Native,
+    Vblkd,
+    Qsd,
+}
+
+impl Peer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Native => "native",
+            Peer::Vblkd => "vblkd",
+            Peer::Qsd => "qemu-storage-daemon",
+        }
+    }
+}
+
+/// One daemon configuration. `aio` is None for the null disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub peer: Peer,
+    pub aio: Option<String>,
+    pub cache: String,
+    /// vblkd's --poll-us (0: not polling).
+    #[serde(default)]
+    pub poll_us: u32,
+}
+
+impl Config {
+    /// "io_uring/none", "null", ...: the mode rows of different peers are compared in.
+    pub fn base_mode(&self) -> String {
+        match &self.aio {
+            Some(aio) => format!("{aio}/{}", self.cache),
+            None => "null".into(),
+        }
+    }
+
+    /// The base mode, marked "+poll" for a polling vblkd.
+    pub fn mode(&self) -> String {
+        if self.poll_us > 0 {
+            format!("{}+poll", self.base_mode())
+        } else {
+            self.base_mode()
+        }
+    }
+
+    pub fn label(&self) -> String {
+        format!("{} {}", self.peer.name(), self.mode())
+    }
+}
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub config: Config,
+    pub workload: Workload,
+    pub result: Result<RunResult, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MatrixOptions {
+    pub disk: PathBuf,
+    /// Size of the disk file to create when it does not exist.
+    pub size: u64,
+    pub out: PathBuf,
+    pub seconds: f64,
+    pub ramp: f64,
+    pub pin: bool,
+    /// Extra arguments for every vblkd daemon.
+    pub vblkd_args: Vec<String>,
+    /// Also run vblkd with this --poll-us (0: don't).
+    pub poll_us: u32,
+}
+
+const AIO_MODES: [&str; 3] = ["io_uring", "native", "threads"];
+const CACHE_MODES: [&str; 3] = ["none", "writeback", "directsync"];
+const DAEMON_QUEUES: usize = 2;
+
+/// The configurations of a matrix; with `poll_us`, vblkd also runs polling in the modes
+/// where it matters (null, io_uring and native with O_DIRECT).
+pub fn configs(with_qsd: bool, poll_us: u32) -> Vec<Config> {
+    let config = |peer, aio: Option<&str>, cache: &str, poll_us| Config {
+        peer,
+        aio: aio.map(str::to_owned),
+        cache: cache.to_owned(),
+        poll_us,
+    };
+    let mut out = vec![config(Peer::Native, Some("io_uring"), "none", 0)];
+    let peers: &[Peer] = if with_qsd {
+        &[Peer::Vblkd, Peer::Qsd]
+    } else {
+        &[Peer::Vblkd]
+    };
+    for &peer in peers {
+        out.push(config(peer, None, "none", 0));
+        for aio in AIO_MODES {
+            for cache in CACHE_MODES {
+                // Linux AIO blocks without O_DIRECT; both daemons refuse it.
+                if aio == "native" && cache == "writeback" {
+                    continue;
+                }
+                out.push(config(peer, Some(aio), cache, 0));
+            }
+        }
+    }
+    if poll_us > 0 {
+        out.push(config(Peer::Vblkd, None, "none", poll_us));
+        out.push(config(Peer::Vblkd, Some("io_uring"), "none", poll_us));
+        out.push(config(Peer::Vblkd, Some("native"), "none", poll_us));
+    }
+    out
+}
+
+pub fn grid(seconds: f64, ramp: f64) -> Vec<Workload> {
+    let mut out = Vec::new();
+    for queues in [1, DAEMON_QUEUES] {
+        for (rw, bs, iodepth) in [
+            (Rw::Randread, 4096, 1),
+            (Rw::Randread, 4096, 32),
+            (Rw::Randwrite, 4096, 1),
+            (Rw::Randwrite, 4096, 32),
+            (Rw::Read, 1 << 20, 4),
+            (Rw::Write, 1 << 20, 4),
+        ] {
+            out.push(Workload {
+                rw,
+                bs,
+                iodepth,
+                queues,
+                seconds,
+                ramp,
+            });
+        }
+    }
+    out
+}
+
+fn qsd_available() -> bool {
+    Command::new("qemu-storage-daemon")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A started daemon; stopped (SIGTERM, then SIGKILL) on drop.
+struct RunningDaemon {
+    pid: u32,
+    child: Option<Child>,
+    socket: PathBuf,
+}
+
+impl Drop for RunningDaemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling a process we started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let gone = match &mut self.child {
+                Some(child) => child.try_wait().map(|s| s.is_some()).unwrap_or(true),
+                // SAFETY: signal 0 only checks that the process exists.
+                None => (unsafe { libc::kill(self.pid as i32, 0) }) != 0,
+            };
+            if gone {
+                break;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: as above.
+                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(child) = &mut self.child {
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn pin_command(cmd: &mut Command, cpus: Vec<usize>) {
+    // SAFETY: the closure only calls sched_setaffinity (async-signal-safe) before exec.
+    unsafe {
+        cmd.pre_exec(move || super::pin_current_thread(&cpus));
+    }
+}
+
+fn start_daemon(
+    config: &Config,
+    opts: &MatrixOptions,
+    dir: &Path,
+    daemon_cpus: &[usize],
+) -> Result<RunningDaemon, String> {
+    let socket = dir.join(format!("{}.sock", config.peer.name()));
+    let _ = std::fs::remove_file(&socket);
+    match config.peer {
+        Peer::Native => Err("the native reference has no daemon".into()),
+        Peer::Vblkd => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(exe);
+            cmd.arg("serve")
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--num-queues")
+                .arg(DAEMON_QUEUES.to_string());
+            match &config.aio {
+                Some(aio) => {
+                    cmd.arg("--disk").arg(&opts.disk).args([
+                        "--aio",
+                        aio,
+                        "--cache",
+                        &config.cache,
+                    ]);
+                }
+                None => {
+                    cmd.arg("--disk")
+                        .arg(format!("null:{}", file_len(&opts.disk)?));
+                }
+            }
+            if config.poll_us > 0 {
+                cmd.arg("--poll-us").arg(config.poll_us.to_string());
+            }
+            cmd.args(&opts.vblkd_args);
+            cmd.env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            pin_command(&mut cmd, daemon_cpus.to_vec());
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("cannot start vblkd: {e}"))?;
+            let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+            let mut log = String::new();
+            loop {
+                let mut line = String::new();
+                if stderr.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                    let _ = child.wait();
+                    return Err(format!("vblkd exited before listening: {}", log.trim()));
+                }
+                log += &line;
+                if line.contains("listening on") {
+                    break;
+                }
+            }
+            // Keep draining its log so the daemon never blocks on a full pipe.
+            std::thread::spawn(move || for _ in stderr.lines() {});
+            Ok(RunningDaemon {
+                pid: child.id(),
+                child: Some(child),
+                socket,
+            })
+        }
+        Peer::Qsd => {
+            let blockdev = match &config.aio {
+                Some(aio) => {
+                    let direct = matches!(config.cache.as_str(), "none" | "directsync");
+                    format!(
+                        "driver=file,node-name=disk,filename={},aio={aio},cache.direct={}",
+                        opts.disk.display(),
+                        if direct { "on" } else { "off" }
+                    )
+                }
+                None => format!(
+                    "driver=null-co,node-name=disk,size={}",
+                    file_len(&opts.disk)?
+                ),
+            };
+            let writethrough = if config.cache == "directsync" {
+                "on"
+            } else {
+                "off"
+            };
+            let pidfile = dir.join("qsd.pid");
+            let _ = std::fs::remove_file(&pidfile);
+            let mut cmd = Command::new("qemu-storage-daemon");
+            cmd.arg("--blockdev")
+                .arg(blockdev)
+                .arg("--export")
+                .arg(format!(
+                    "type=vhost-user-blk,id=export,node-name=disk,addr.type=unix,addr.path={},writable=on,num-queues={DAEMON_QUEUES},writethrough={writethrough}",
+                    socket.display()
+                ))
+                .arg("--daemonize")
+                .arg("--pidfile")
+                .arg(&pidfile)
+                .stdin(Stdio::null());
+            pin_command(&mut cmd, daemon_cpus.to_vec());
+            // With --daemonize the parent exits once the export is ready.
+            let out = cmd
+                .output()
+                .map_err(|e| format!("cannot start qemu-storage-daemon: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "qemu-storage-daemon failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let pid = std::fs::read_to_string(&pidfile)
+                .map_err(|e| format!("no pidfile from qemu-storage-daemon: {e}"))?
+                .trim()
+                .parse()
+                .map_err(|e| format!("bad pidfile: {e}"))?;
+            Ok(RunningDaemon {
+                pid,
+                child: None,
+                socket,
+            })
+        }
+    }
+}
+
+fn file_len(path: &Path) -> Result<u64, String> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Creates the disk file, filled with non-zero data so that reads do real I/O (a sparse or
+/// fallocated file would be read as zeroes without touching the device).
+fn prepare_disk(path: &Path, size: u64) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "creating {} ({} MiB of data)...",
+        path.display(),
+        size >> 20
+    );
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let chunk: Vec<u8> = (0..1usize << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1)
+        .collect();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).map_err(|e| e.to_string())?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(|e| e.to_string())
+}
+
+fn drop_caches() {
+    if let Ok(mut f) = OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/vm/drop_caches")
+    {
+        // SAFETY: sync takes no arguments.
+        unsafe { libc::sync() };
+        let _ = f.write_all(b"3\n");
+    }
+}
+
+/// (daemon CPUs, load CPUs): the last CPU for the daemon, the first for the load.
+fn cpu_split(pin: bool) -> (Vec<usize>, Vec<usize>) {
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if !pin || n < 2 {
+        return (Vec::new(), Vec::new());
+    }
+    (vec![n - 1], vec![0])
+}
+
+/// Runs the whole matrix and writes report.md, results.json and the charts into `opts.out`.
+pub fn run_matrix(opts: &MatrixOptions) -> Result<PathBuf, String> {
+    prepare_disk(&opts.disk, opts.size)?;
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| format!("cannot create {}: {e}", opts.out.display()))?;
+    let work = tempfile_dir()?;
+    let with_qsd = qsd_available();
+    if !with_qsd {
+        eprintln!(
+            "qemu-storage-daemon not found: comparing with native only (scripts/setup installs it)"
+        );
+    }
+    let configs = configs(with_qsd, opts.poll_us);
+    let grid = grid(opts.seconds, opts.ramp);
+    let (daemon_cpus, load_cpus) = cpu_split(opts.pin);
+
+    let progress = ProgressBar::new((configs.len() * grid.len()) as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} (eta {eta}) {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut rows = Vec::new();
+    for config in &configs {
+        drop_caches();
+        let daemon = match config.peer {
+            Peer::Native => Ok(None),
+            _ => start_daemon(config, opts, &work, &daemon_cpus).map(Some),
+        };
+        for w in &grid {
+            progress.set_message(format!("{}: {}", config.label(), w.label()));
+            let result = match &daemon {
+                Err(e) => Err(e.clone()),
+                Ok(None) => run(&Target::Native(opts.disk.clone()), w, None, &load_cpus)
+                    .map_err(|e| e.to_string()),
+                Ok(Some(d)) => run(
+                    &Target::Socket(d.socket.clone()),
+                    w,
+                    Some(d.pid),
+                    &load_cpus,
+                )
+                .map_err(|e| e.to_string()),
+            };
+            let result = result.and_then(|r| {
+                if r.errors > 0 {
+                    Err(format!("{} of the requests failed", r.errors))
+                } else {
+                    Ok(r)
+                }
+            });
+            if let Err(e) = &result {
+                progress.println(format!("FAILED {} {}: {e}", config.label(), w.label()));
+            }
+            rows.push(Row {
+                config: config.clone(),
+                workload: w.clone(),
+                result,
+            });
+            progress.inc(1);
+        }
+        drop(daemon);
+    }
+    progress.finish_with_message("done");
+    let _ = std::fs::remove_dir_all(&work);
+
+    let json = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+    std::fs::write(opts.out.join("results.json"), json).map_err(|e| e.to_string())?;
+    let context = report::Context {
+        disk: opts.disk.clone(),
+        disk_bytes: file_len(&opts.disk)?,
+        seconds: opts.seconds,
+        ramp: opts.ramp,
+        daemon_cpus,
+        load_cpus,
+        vblkd_args: opts.vblkd_args.clone(),
+        poll_us: opts.poll_us,
+    };
+    report::write(&opts.out, &rows, &context)
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("vblkd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}

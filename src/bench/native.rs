@@ -1,0 +1,102 @@
+//! The reference: the same load straight on the file with io_uring and O_DIRECT, submitting
+//! and waiting in one `io_uring_enter` per batch, as fio's io_uring engine does. No daemon can
+//! beat this; how close one comes is the figure of merit.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use io_uring::{opcode, types, IoUring};
+
+use super::{BenchError, LoadQueue, Prepared, SharedBuffers, Workload};
+use crate::bounce::BounceBuffer;
+
+struct NativeQueue {
+    ring: IoUring,
+    fd: i32,
+}
+
+impl LoadQueue for NativeQueue {
+    fn queue(&mut self, slot: usize, write: bool, offset: u64, buf: *mut u8, len: usize) {
+        let fd = types::Fd(self.fd);
+        let entry = if write {
+            opcode::Write::new(fd, buf, len as u32)
+                .offset(offset)
+                .build()
+        } else {
+            opcode::Read::new(fd, buf, len as u32)
+                .offset(offset)
+                .build()
+        };
+        // SAFETY: the buffer belongs to this slot until its completion is reaped; the ring has
+        // room for every slot (it is sized to the queue depth), so push cannot fail.
+        unsafe { self.ring.submission().push(&entry.user_data(slot as u64)) }
+            .expect("ring sized to the queue depth");
+    }
+
+    fn complete(&mut self, out: &mut Vec<(usize, bool)>) -> Result<(), BenchError> {
+        self.ring
+            .submit_and_wait(1)
+            .map_err(|e| BenchError::Setup(format!("io_uring_enter: {e}")))?;
+        out.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data() as usize, c.result() >= 0)),
+        );
+        Ok(())
+    }
+}
+
+/// Opens `path` with O_DIRECT and one ring per load thread.
+pub(super) fn open(path: &Path, w: &Workload) -> Result<Prepared, BenchError> {
+    let file: File = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|source| BenchError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let capacity = file_size(&file).map_err(|source| BenchError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut buffers = BounceBuffer::new(w.queues * w.iodepth * w.bs)
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    buffers
+        .as_mut_slice()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i * 131 % 251) as u8 | 1);
+    let base = buffers.as_mut_slice().as_mut_ptr();
+    let queues = (0..w.queues)
+        .map(|_| {
+            let ring = IoUring::new((w.iodepth as u32).next_power_of_two())
+                .map_err(|e| BenchError::Setup(format!("io_uring: {e}")))?;
+            Ok(Box::new(NativeQueue {
+                ring,
+                fd: file.as_raw_fd(),
+            }) as Box<dyn LoadQueue>)
+        })
+        .collect::<Result<Vec<_>, BenchError>>()?;
+    Ok(Prepared {
+        queues,
+        capacity,
+        buffers: SharedBuffers {
+            base,
+            _owner: Box::new((file, buffers)),
+        },
+    })
+}
+
+/// Size of a regular file or a block device.
+fn file_size(file: &File) -> std::io::Result<u64> {
+    // SAFETY: lseek on our own fd; SEEK_END works for files and block devices alike.
+    let end = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+    if end < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(end as u64)
+}

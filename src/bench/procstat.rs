@@ -1,0 +1,102 @@
+//! What a run costs outside the client: the daemon's CPU time and context switches (summed
+//! over all its threads, from /proc/PID/task/*/{schedstat,status}) and the growth of the
+//! host's page cache (Cached + Buffers in /proc/meminfo).
+//!
+//! schedstat gives nanoseconds, where /proc/PID/stat's utime+stime would give 10 ms ticks.
+
+use std::fs;
+use std::io;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessSample {
+    pub cpu_ns: u64,
+    pub context_switches: u64,
+}
+
+impl ProcessSample {
+    pub fn read(pid: u32) -> io::Result<Self> {
+        let mut sample = ProcessSample::default();
+        for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+            let dir = task?.path();
+            // A thread may exit between listing and reading; its counts are simply lost.
+            let (Ok(schedstat), Ok(status)) = (
+                fs::read_to_string(dir.join("schedstat")),
+                fs::read_to_string(dir.join("status")),
+            ) else {
+                continue;
+            };
+            sample.cpu_ns += parse_schedstat(&schedstat);
+            sample.context_switches += parse_context_switches(&status);
+        }
+        Ok(sample)
+    }
+
+    pub fn since(&self, earlier: &ProcessSample) -> ProcessSample {
+        ProcessSample {
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
+            context_switches: self
+                .context_switches
+                .saturating_sub(earlier.context_switches),
+        }
+    }
+}
+
+/// First field of /proc/PID/task/TID/schedstat: time spent on the CPU, in ns.
+fn parse_schedstat(s: &str) -> u64 {
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn parse_context_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter(|l| {
+            l.starts_with("voluntary_ctxt_switches:")
+                || l.starts_with("nonvoluntary_ctxt_switches:")
+        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Bytes of page cache and buffers on the host right now.
+pub fn page_cache_bytes() -> io::Result<u64> {
+    Ok(parse_page_cache(&fs::read_to_string("/proc/meminfo")?))
+}
+
+fn parse_page_cache(meminfo: &str) -> u64 {
+    meminfo
+        .lines()
+        .filter(|l| l.starts_with("Cached:") || l.starts_with("Buffers:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_formats() {
+        assert_eq!(parse_schedstat("123456 789 10\n"), 123456);
+        let status = "Name:\tvblkd\nvoluntary_ctxt_switches:\t15\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(parse_context_switches(status), 18);
+        let meminfo = "MemTotal: 100 kB\nBuffers:  2 kB\nCached:  10 kB\nSwapCached: 5 kB\n";
+        assert_eq!(parse_page_cache(meminfo), 12 * 1024);
+    }
+
+    #[test]
+    fn samples_this_process() {
+        let a = ProcessSample::read(std::process::id()).unwrap();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        let b = ProcessSample::read(std::process::id()).unwrap();
+        assert!(b.since(&a).cpu_ns > 0, "{a:?} -> {b:?}");
+        assert!(page_cache_bytes().unwrap() > 0);
+    }
+}

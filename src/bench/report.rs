@@ -1,0 +1,472 @@
+//! The matrix report: report.md (targets, then one table per workload with each row's ratio
+//! to the native reference and to qemu-storage-daemon in the same mode) and its SVG charts.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::chart;
+use super::matrix::{Config, Peer, Row};
+use super::{size_label, RunResult, Rw, Workload};
+
+/// How the matrix was run, for the report's header.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub disk: PathBuf,
+    pub disk_bytes: u64,
+    pub seconds: f64,
+    pub ramp: f64,
+    pub daemon_cpus: Vec<usize>,
+    pub load_cpus: Vec<usize>,
+    pub vblkd_args: Vec<String>,
+    pub poll_us: u32,
+}
+
+/// Looks results up by configuration and workload.
+pub struct Results<'a> {
+    rows: &'a [Row],
+}
+
+impl<'a> Results<'a> {
+    pub fn new(rows: &'a [Row]) -> Self {
+        Results { rows }
+    }
+
+    pub fn get(&self, peer: Peer, mode: &str, w: &Workload) -> Option<&'a RunResult> {
+        self.rows
+            .iter()
+            .find(|r| {
+                r.config.peer == peer && r.config.mode() == mode && same_shape(&r.workload, w)
+            })
+            .and_then(|r| r.result.as_ref().ok())
+    }
+
+    fn native(&self, w: &Workload) -> Option<&'a RunResult> {
+        self.get(Peer::Native, "io_uring/none", w)
+    }
+
+    /// The qemu-storage-daemon row a vblkd row is compared with.
+    fn qsd_peer(&self, config: &Config, w: &Workload) -> Option<&'a RunResult> {
+        (config.peer == Peer::Vblkd)
+            .then(|| self.get(Peer::Qsd, &config.base_mode(), w))
+            .flatten()
+    }
+}
+
+/// Workloads match on what they do, not on how long they ran.
+fn same_shape(a: &Workload, b: &Workload) -> bool {
+    (a.rw, a.bs, a.iodepth, a.queues) == (b.rw, b.bs, b.iodepth, b.queues)
+}
+
+pub fn workload(rw: Rw, bs: usize, iodepth: usize, queues: usize) -> Workload {
+    Workload {
+        rw,
+        bs,
+        iodepth,
+        queues,
+        seconds: 0.0,
+        ramp: 0.0,
+    }
+}
+
+/// One speed target and how this run measured against it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: String,
+    /// None when the rows it needs are missing or failed.
+    pub met: Option<bool>,
+}
+
+fn check(
+    target: String,
+    value: Option<f64>,
+    fmt: impl Fn(f64) -> String,
+    ok: impl Fn(f64) -> bool,
+) -> TargetCheck {
+    TargetCheck {
+        target,
+        measured: value.map(&fmt).unwrap_or_else(|| "not measured".into()),
+        met: value.map(ok),
+    }
+}
+
+/// The speed targets of the benchmark issue, evaluated on `rows`: for vblkd as it runs by
+/// default, and again for a polling vblkd where the matrix has one.
+pub fn targets(rows: &[Row]) -> Vec<TargetCheck> {
+    let mut out = targets_for(rows, "");
+    if rows.iter().any(|r| r.config.poll_us > 0) {
+        for mut t in targets_for(rows, "+poll") {
+            if t.met.is_some() {
+                t.target = format!("with --poll-us: {}", t.target);
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+fn targets_for(rows: &[Row], variant: &str) -> Vec<TargetCheck> {
+    let r = Results::new(rows);
+    let mut out = Vec::new();
+    for aio in ["io_uring", "native"] {
+        for rw in [Rw::Randread, Rw::Randwrite] {
+            let w = workload(rw, 4096, 32, 1);
+            let ratio = r
+                .get(Peer::Vblkd, &format!("{aio}/none{variant}"), &w)
+                .zip(r.native(&w))
+                .map(|(v, n)| v.iops / n.iops);
+            out.push(check(
+                format!("vblkd aio={aio} 4k {} QD32: ≥ 0.95× native IOPS", rw.name()),
+                ratio,
+                |x| format!("{x:.2}×"),
+                |x| x >= 0.95,
+            ));
+        }
+    }
+    let qd32 = workload(Rw::Randread, 4096, 32, 1);
+    for aio in ["io_uring", "native", "threads"] {
+        let mode = format!("{aio}/none");
+        let ratio = r
+            .get(Peer::Vblkd, &format!("{mode}{variant}"), &qd32)
+            .zip(r.get(Peer::Qsd, &mode, &qd32))
+            .and_then(|(v, q)| Some(v.daemon_cpu_us_per_io? / q.daemon_cpu_us_per_io?));
+        out.push(check(
+            format!("daemon CPU per I/O, aio={aio} 4k randread QD32: ≤ 0.5× qemu-storage-daemon's"),
+            ratio,
+            |x| format!("{x:.2}×"),
+            |x| x <= 0.5,
+        ));
+    }
+    let null_v = r.get(Peer::Vblkd, &format!("null{variant}"), &qd32);
+    let null_q = r.get(Peer::Qsd, "null", &qd32);
+    out.push(check(
+        "null disk 4k randread QD32: ≥ 1.5× qemu-storage-daemon null-co IOPS".into(),
+        null_v.zip(null_q).map(|(v, q)| v.iops / q.iops),
+        |x| format!("{x:.2}×"),
+        |x| x >= 1.5,
+    ));
+    out.push(check(
+        "null disk: ≤ 0.5 µs daemon CPU per I/O".into(),
+        null_v.and_then(|v| v.daemon_cpu_us_per_io),
+        |x| format!("{x:.2} µs"),
+        |x| x <= 0.5,
+    ));
+    let qd1 = workload(Rw::Randread, 4096, 1, 1);
+    for aio in ["io_uring", "native"] {
+        let extra = r
+            .get(Peer::Vblkd, &format!("{aio}/none{variant}"), &qd1)
+            .zip(r.native(&qd1))
+            .map(|(v, n)| v.lat_mean_us - n.lat_mean_us);
+        out.push(check(
+            format!("QD1 mean latency, aio={aio}: ≤ native + 10 µs"),
+            extra,
+            |x| format!("native {x:+.1} µs"),
+            |x| x <= 10.0,
+        ));
+    }
+    let two = workload(Rw::Randread, 4096, 32, 2);
+    out.push(check(
+        "null disk, two queues vs one (4k randread QD32): clearly more IOPS (≥ 1.2×)".into(),
+        r.get(Peer::Vblkd, &format!("null{variant}"), &two)
+            .zip(null_v)
+            .map(|(t, o)| t.iops / o.iops),
+        |x| format!("{x:.2}×"),
+        |x| x >= 1.2,
+    ));
+    out
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "—".into())
+}
+
+/// The markdown report for `rows`.
+pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> String {
+    let r = Results::new(rows);
+    let mut md = String::new();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let _ = writeln!(md, "# vblkd benchmark report\n");
+    let _ = writeln!(
+        md,
+        "Generated by `vblkd bench matrix` on {}, {cpus} CPUs, Linux {}. Disk: `{}` ({}).",
+        utc_now(),
+        kernel.trim(),
+        ctx.disk.display(),
+        size_label(ctx.disk_bytes)
+    );
+    let _ = writeln!(
+        md,
+        "Each run: {} s warm-up, then {} s measured. {}",
+        ctx.ramp,
+        ctx.seconds,
+        if ctx.daemon_cpus.is_empty() {
+            "Nothing pinned.".to_string()
+        } else {
+            format!(
+                "Every daemon pinned to CPU {:?}, the load threads to CPU {:?}.",
+                ctx.daemon_cpus, ctx.load_cpus
+            )
+        }
+    );
+    if ctx.poll_us > 0 {
+        let _ = writeln!(
+            md,
+            "Rows marked \"+poll\" are vblkd with `--poll-us {}` (busy-polling; its CPU time counts).",
+            ctx.poll_us
+        );
+    }
+    if !ctx.vblkd_args.is_empty() {
+        let _ = writeln!(md, "vblkd ran with `{}`.", ctx.vblkd_args.join(" "));
+    }
+    let _ = writeln!(
+        md,
+        "\nAbsolute numbers on shared virtual machines are noisy; the ratios between rows of this \
+         one run are what count. \"× native\" compares with io_uring + O_DIRECT straight on the \
+         file; \"× QSD\" with qemu-storage-daemon in the same aio and cache mode. CPU and context \
+         switches are the daemon's (all threads), per I/O; page cache is the growth of the host's \
+         Cached + Buffers over the measured window.\n"
+    );
+
+    let _ = writeln!(
+        md,
+        "## Speed targets\n\n| target | measured | met |\n|---|---|---|"
+    );
+    for t in targets(rows) {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        let _ = writeln!(md, "| {} | {} | {met} |", t.target, t.measured);
+    }
+
+    if !charts.is_empty() {
+        let _ = writeln!(md, "\n## Charts\n");
+        for (file, title) in charts {
+            let _ = writeln!(md, "![{title}]({file})\n");
+        }
+    }
+
+    let mut workloads: Vec<&Workload> = Vec::new();
+    for row in rows {
+        if !workloads.iter().any(|w| same_shape(w, &row.workload)) {
+            workloads.push(&row.workload);
+        }
+    }
+    for w in workloads {
+        let _ = writeln!(
+            md,
+            "\n## {}\n\n| daemon | mode | IOPS | MiB/s | mean µs | p50 µs | p99 µs | p99.9 µs | CPU µs/IO | ctx sw/IO | page cache Δ MiB | × native | × QSD |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            w.label()
+        );
+        for row in rows.iter().filter(|row| same_shape(&row.workload, w)) {
+            let c = &row.config;
+            match &row.result {
+                Err(e) => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | **FAILED**: {} | | | | | | | | | | |",
+                        c.peer.name(),
+                        c.mode(),
+                        e.replace('|', "/").replace('\n', " ")
+                    );
+                }
+                Ok(res) => {
+                    let vs_native = r.native(w).map(|n| res.iops / n.iops);
+                    let vs_qsd = r.qsd_peer(c, w).map(|q| res.iops / q.iops);
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {} | {} |",
+                        c.peer.name(),
+                        c.mode(),
+                        res.iops,
+                        res.mib_per_s,
+                        res.lat_mean_us,
+                        res.lat_p50_us,
+                        res.lat_p99_us,
+                        res.lat_p999_us,
+                        opt(res.daemon_cpu_us_per_io, 2),
+                        opt(res.daemon_ctx_switches_per_io, 2),
+                        res.page_cache_growth_mib,
+                        opt(vs_native, 2),
+                        opt(vs_qsd, 2),
+                    );
+                }
+            }
+        }
+    }
+    md
+}
+
+/// Writes report.md and the charts into `dir`; returns the report's path.
+pub fn write(dir: &Path, rows: &[Row], ctx: &Context) -> Result<PathBuf, String> {
+    let charts = chart::write_all(dir, rows)?;
+    let path = dir.join("report.md");
+    std::fs::write(&path, render(rows, ctx, &charts))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The current time as "YYYY-MM-DD HH:MM UTC" (civil-from-days, no time-zone database needed).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(w: &Workload, iops: f64, cpu: Option<f64>, lat: f64) -> RunResult {
+        RunResult {
+            workload: w.clone(),
+            ios: iops as u64,
+            errors: 0,
+            iops,
+            mib_per_s: iops * w.bs as f64 / 1048576.0,
+            lat_mean_us: lat,
+            lat_p50_us: lat,
+            lat_p99_us: lat * 2.0,
+            lat_p999_us: lat * 3.0,
+            lat_max_us: lat * 4.0,
+            daemon_cpu_us_per_io: cpu,
+            daemon_ctx_switches_per_io: cpu.map(|_| 0.1),
+            page_cache_growth_mib: 0.0,
+        }
+    }
+
+    fn row(peer: Peer, aio: Option<&str>, w: Workload, r: Result<RunResult, String>) -> Row {
+        Row {
+            config: Config {
+                peer,
+                aio: aio.map(str::to_owned),
+                cache: "none".into(),
+                poll_us: 0,
+            },
+            workload: w,
+            result: r,
+        }
+    }
+
+    fn sample_rows() -> Vec<Row> {
+        let qd32 = workload(Rw::Randread, 4096, 32, 1);
+        let qd1 = workload(Rw::Randread, 4096, 1, 1);
+        vec![
+            row(
+                Peer::Native,
+                Some("io_uring"),
+                qd32.clone(),
+                Ok(result(&qd32, 50_000.0, None, 600.0)),
+            ),
+            row(
+                Peer::Native,
+                Some("io_uring"),
+                qd1.clone(),
+                Ok(result(&qd1, 8_000.0, None, 120.0)),
+            ),
+            row(
+                Peer::Vblkd,
+                Some("io_uring"),
+                qd32.clone(),
+                Ok(result(&qd32, 48_000.0, Some(4.0), 640.0)),
+            ),
+            row(
+                Peer::Vblkd,
+                Some("io_uring"),
+                qd1.clone(),
+                Ok(result(&qd1, 7_000.0, Some(20.0), 135.0)),
+            ),
+            row(
+                Peer::Qsd,
+                Some("io_uring"),
+                qd32.clone(),
+                Ok(result(&qd32, 40_000.0, Some(10.0), 800.0)),
+            ),
+            row(
+                Peer::Vblkd,
+                Some("native"),
+                qd32.clone(),
+                Err("daemon exited".into()),
+            ),
+        ]
+    }
+
+    #[test]
+    fn targets_are_evaluated_from_the_rows() {
+        let t = targets(&sample_rows());
+        let find = |prefix: &str| {
+            t.iter()
+                .find(|t| t.target.starts_with(prefix))
+                .unwrap()
+                .clone()
+        };
+        let uring = find("vblkd aio=io_uring 4k randread QD32");
+        assert_eq!((uring.measured.as_str(), uring.met), ("0.96×", Some(true)));
+        let cpu = find("daemon CPU per I/O, aio=io_uring");
+        assert_eq!((cpu.measured.as_str(), cpu.met), ("0.40×", Some(true)));
+        let qd1 = find("QD1 mean latency, aio=io_uring");
+        assert_eq!(
+            (qd1.measured.as_str(), qd1.met),
+            ("native +15.0 µs", Some(false))
+        );
+        // A failed row is "not measured", never a pass.
+        let native = find("vblkd aio=native 4k randread QD32");
+        assert_eq!(
+            (native.measured.as_str(), native.met),
+            ("not measured", None)
+        );
+    }
+
+    #[test]
+    fn report_has_every_row_with_ratios_and_failures() {
+        let ctx = Context {
+            disk: "/tmp/disk.img".into(),
+            disk_bytes: 1 << 30,
+            seconds: 2.0,
+            ramp: 0.5,
+            daemon_cpus: vec![1],
+            load_cpus: vec![0],
+            vblkd_args: vec![],
+            poll_us: 0,
+        };
+        let md = render(&sample_rows(), &ctx, &[("iops.svg".into(), "IOPS".into())]);
+        assert!(md.contains("## randread bs=4k qd=32 queues=1"));
+        assert!(
+            md.contains("| vblkd | io_uring/none | 48000 | 187.5 | 640.0 |"),
+            "{md}"
+        );
+        // vblkd io_uring vs native 0.96, vs QSD 1.20
+        assert!(md.contains("| 0.96 | 1.20 |"), "{md}");
+        assert!(md.contains("| vblkd | native/none | **FAILED**: daemon exited |"));
+        assert!(md.contains("![IOPS](iops.svg)"));
+        assert!(md.contains("(1024M)"), "{md}");
+    }
+
+    #[test]
+    fn civil_date_is_plausible() {
+        let s = utc_now();
+        assert_eq!(s.len(), "2026-11-22 03:40 UTC".len(), "{s}");
+        assert!(s.starts_with("20"));
+    }
+}
