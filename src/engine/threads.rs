@@ -4,9 +4,10 @@
 //! The pool is also the helper the asynchronous engines lean on for operations their kernel
 //! interface lacks, so it can be built around an eventfd that belongs to someone else.
 //!
-//! A batch is handed over under one lock with one wake-up per job; finished jobs are collected
-//! under a second lock and announced on the eventfd, which the queue worker polls beside its
-//! vring kick.
+//! A batch is handed over under one lock, waking one thread per job (not the whole pool);
+//! finished jobs are collected under a second lock, and the eventfd the queue worker polls
+//! beside its vring kick is written only when that list goes from empty to non-empty — the
+//! worker always takes the whole list, so one signal per batch of completions is enough.
 
 use std::collections::VecDeque;
 use std::io;
@@ -109,17 +110,19 @@ fn run(shared: &Shared) {
             }
         };
         let result = blocking::execute(shared.fd, &job.op);
-        shared
-            .done
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Completion {
+        let first = {
+            let mut done = shared.done.lock().unwrap_or_else(|p| p.into_inner());
+            done.push(Completion {
                 token: job.token,
                 result,
             });
-        // A failed write to an eventfd can only mean its counter would overflow, in which
-        // case it is readable anyway.
-        let _ = shared.notify.write(1);
+            done.len() == 1
+        };
+        if first {
+            // A failed write to an eventfd can only mean its counter would overflow, in which
+            // case it is readable anyway.
+            let _ = shared.notify.write(1);
+        }
     }
 }
 
@@ -141,10 +144,8 @@ impl Engine for ThreadPool {
             let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             queue.jobs.extend(self.batch.drain(..));
         }
-        if n == 1 {
+        for _ in 0..n.min(self.threads.len()) {
             self.shared.wake.notify_one();
-        } else {
-            self.shared.wake.notify_all();
         }
         Ok(())
     }
