@@ -101,6 +101,13 @@ fn grouped_bars(
             }
         })
         .y_desc(y_desc)
+        .y_label_formatter(&|v| {
+            if top >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        })
         .draw()
         .map_err(|e| err(&e))?;
     let width = 0.8 / series.len() as f64;

@@ -163,14 +163,29 @@ impl AioEngine {
 
     /// A read or write iocb; a single buffer goes as PREAD/PWRITE, sparing the kernel an
     /// iovec import, as QEMU's linux-aio does.
-    fn rw_iocb(&self, token: u64, write: bool, offset: u64, iov: *const libc::iovec, iovcnt: usize) -> Iocb {
+    fn rw_iocb(
+        &self,
+        token: u64,
+        write: bool,
+        offset: u64,
+        iov: *const libc::iovec,
+        iovcnt: usize,
+    ) -> Iocb {
         let (opcode, buf, nbytes) = if iovcnt == 1 {
             // SAFETY: the push contract guarantees one valid iovec at `iov`.
             let v = unsafe { *iov };
-            let op = if write { IOCB_CMD_PWRITE } else { IOCB_CMD_PREAD };
+            let op = if write {
+                IOCB_CMD_PWRITE
+            } else {
+                IOCB_CMD_PREAD
+            };
             (op, v.iov_base as u64, v.iov_len as u64)
         } else {
-            let op = if write { IOCB_CMD_PWRITEV } else { IOCB_CMD_PREADV };
+            let op = if write {
+                IOCB_CMD_PWRITEV
+            } else {
+                IOCB_CMD_PREADV
+            };
             (op, iov as u64, iovcnt as u64)
         };
         Iocb {
