@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 
 use vblkd::bench::{self, Rw, Target, Workload};
 use vblkd::daemon::{self, ServeOptions};
-use vblkd::disk::{AioMode, CacheMode, Disk, FileDisk, FileDiskOptions, NullDisk, SERIAL_LEN};
+use vblkd::disk::{
+    AioMode, AoeDisk, CacheMode, Disk, FileDisk, FileDiskOptions, NullDisk, SERIAL_LEN,
+};
 
 #[derive(Parser)]
 #[command(
@@ -114,7 +116,8 @@ struct ServeArgs {
     /// The vhost-user unix socket to listen on (replaced if it exists).
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
-    /// A regular file or a block device; or null:SIZE, a disk that does no I/O.
+    /// A regular file or a block device; null:SIZE, a disk that does no I/O; or
+    /// aoe://IFACE/e<shelf>.<slot>, an ATA-over-Ethernet target (e.g. vblade).
     #[arg(long, value_name = "PATH")]
     disk: PathBuf,
     /// Create the file with this size, or grow it (sparse); suffixes K, M, G, T (powers of 1024).
@@ -145,6 +148,9 @@ struct ServeArgs {
     /// before going to sleep, like QEMU's poll-max-ns: lower latency for more CPU. 0 = off.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     poll_us: u32,
+    /// AoE disks: fail a request still unanswered after this many seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    aoe_deadline: f64,
     /// Threads per queue for --aio threads.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
@@ -199,7 +205,16 @@ fn parse_serial(s: &str) -> Result<String, String> {
 }
 
 fn open_disk(args: &ServeArgs) -> Result<Arc<dyn Disk>, Box<dyn std::error::Error>> {
-    if let Some(size) = args.disk.to_str().and_then(|d| d.strip_prefix("null:")) {
+    let spec = args.disk.to_str().unwrap_or_default();
+    if spec.starts_with("aoe://") {
+        if !(args.aoe_deadline > 0.0 && args.aoe_deadline.is_finite()) {
+            return Err("--aoe-deadline must be a positive number of seconds".into());
+        }
+        let deadline = std::time::Duration::from_secs_f64(args.aoe_deadline);
+        let disk = AoeDisk::open(spec, args.read_only, args.serial.as_deref(), deadline)?;
+        return Ok(Arc::new(disk));
+    }
+    if let Some(size) = spec.strip_prefix("null:") {
         let size = parse_size(size).map_err(|e| format!("--disk null:SIZE: {e}"))?;
         let disk = NullDisk::new(
             size,

@@ -2,17 +2,19 @@
 //!
 //! A backend describes the disk the guest sees ([`DiskInfo`]) and builds one I/O engine per
 //! queue worker ([`Disk::engine`]). The local file/block-device backend lives in [`file`], a
-//! disk that does no I/O (for measuring the daemon itself) in [`NullDisk`]; other backends
-//! plug in at the same place.
+//! disk that does no I/O (for measuring the daemon itself) in [`NullDisk`], a remote ATA over
+//! Ethernet target in [`AoeDisk`].
 
 use std::io;
 use std::path::PathBuf;
 
 use crate::engine::Engine;
 
+mod aoe;
 pub mod file;
 mod null;
 
+pub use aoe::AoeDisk;
 pub use file::{AioMode, CacheMode, FileDisk, FileDiskOptions};
 pub use null::NullDisk;
 

@@ -24,12 +24,14 @@ use std::io;
 use std::os::fd::RawFd;
 
 mod aio;
+mod aoe;
 mod blocking;
 mod null;
 mod threads;
 mod uring;
 
 pub use aio::AioEngine;
+pub use aoe::{AoeEngine, AoeTarget};
 pub use null::NullEngine;
 pub use threads::ThreadPool;
 pub use uring::{probe_io_uring, UringEngine};

@@ -1,0 +1,79 @@
+//! ATA over Ethernet: the protocol pieces of vblkd's userspace initiator.
+//!
+//! [`frame`] encodes and parses AoE r11 frames, [`socket`] is the raw AF_PACKET socket,
+//! [`flow`] the congestion window and RTT estimate, [`discover`] finds a target. The
+//! initiator itself is an I/O engine ([`crate::engine::AoeEngine`]), and the disk backend
+//! that ties them together is [`crate::disk::AoeDisk`]. See docs/aoe.md.
+
+use std::io;
+
+pub mod discover;
+pub mod flow;
+pub mod frame;
+pub mod socket;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AoeError {
+    #[error("'{0}' is not an AoE disk; write aoe://IFACE/e<shelf>.<slot>, e.g. aoe://eth0/e1.1")]
+    BadAddress(String),
+    #[error("cannot use {iface} for AoE: {source}{}", hint(.source))]
+    Socket { iface: String, source: io::Error },
+    #[error("no AoE target e{shelf}.{slot} answered on {iface}; check that it is exported there (e.g. vblade {shelf} {slot} IFACE FILE) and that {iface} is up and on the same network")]
+    NoTarget { iface: String, shelf: u16, slot: u8 },
+    #[error(
+        "AoE target e{shelf}.{slot} on {iface} answered the config query but not IDENTIFY DEVICE"
+    )]
+    NoIdentity { iface: String, shelf: u16, slot: u8 },
+}
+
+fn hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => " (raw sockets need root or CAP_NET_RAW)",
+        _ => "",
+    }
+}
+
+/// `aoe://IFACE/e<shelf>.<slot>` → (interface, shelf, slot).
+pub fn parse_address(s: &str) -> Result<(String, u16, u8), AoeError> {
+    let bad = || AoeError::BadAddress(s.to_owned());
+    let rest = s.strip_prefix("aoe://").ok_or_else(bad)?;
+    let (iface, target) = rest.split_once('/').ok_or_else(bad)?;
+    let (shelf, slot) = target
+        .strip_prefix('e')
+        .and_then(|t| t.split_once('.'))
+        .ok_or_else(bad)?;
+    let shelf: u16 = shelf.parse().map_err(|_| bad())?;
+    let slot: u8 = slot.parse().map_err(|_| bad())?;
+    // 0xffff and 0xff are the broadcast shelf and slot, not a target.
+    if iface.is_empty() || shelf == u16::MAX || slot == u8::MAX {
+        return Err(bad());
+    }
+    Ok((iface.to_owned(), shelf, slot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_like_the_linux_driver_names_them() {
+        assert_eq!(
+            parse_address("aoe://eth0/e1.1").unwrap(),
+            ("eth0".into(), 1, 1)
+        );
+        assert_eq!(
+            parse_address("aoe://vb/e65534.254").unwrap(),
+            ("vb".into(), 65534, 254)
+        );
+        for bad in [
+            "aoe://eth0/1.1",
+            "aoe:///e1.1",
+            "eth0/e1.1",
+            "aoe://eth0/e1",
+            "aoe://eth0/e1.256",
+            "aoe://eth0/e65535.1",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `--disk aoe://IFACE/e<shelf>.<slot>`: a remote ATA-over-Ethernet target (vblade, or any
+//! AoE r11 target) shown to the guest as a virtio-blk disk, with no aoe kernel module.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Disk, DiskError, DiskInfo, SERIAL_LEN};
+use crate::aoe::{discover, parse_address, AoeError};
+use crate::engine::{AoeEngine, AoeTarget, Engine};
+
+pub struct AoeDisk {
+    info: DiskInfo,
+    target: Arc<AoeTarget>,
+    /// Hands each queue's engine its own tag prefix.
+    next_engine: AtomicU8,
+}
+
+impl AoeDisk {
+    /// Finds the target at `address` and describes it.
+    pub fn open(
+        address: &str,
+        read_only: bool,
+        serial: Option<&str>,
+        deadline: Duration,
+    ) -> Result<Self, AoeError> {
+        let (iface, shelf, slot) = parse_address(address)?;
+        let found = discover::discover(&iface, shelf, slot)?;
+        let id = &found.identity;
+        let mut serial = serial
+            .map(str::to_owned)
+            .unwrap_or_else(|| id.serial.clone())
+            .into_bytes();
+        serial.truncate(SERIAL_LEN);
+        log::info!(
+            "AoE target e{shelf}.{slot} on {iface}: {} sectors, {} buffers, {} sectors per frame{}",
+            id.sectors,
+            found.buffer_count,
+            found.sectors_per_frame,
+            if id.flush_cache {
+                ""
+            } else {
+                ", no FLUSH CACHE"
+            }
+        );
+        Ok(AoeDisk {
+            info: DiskInfo {
+                capacity: id.sectors * 512,
+                logical_block_size: 512,
+                physical_block_size: 512,
+                read_only,
+                serial,
+                // The target may buffer writes (vblade does, in its page cache).
+                write_cache: true,
+                honours_flush: id.flush_cache,
+                discard: false,
+                buffer_alignment: 1,
+            },
+            target: Arc::new(AoeTarget {
+                iface,
+                mac: found.mac,
+                shelf,
+                slot,
+                sectors_per_frame: found.sectors_per_frame,
+                buffer_count: found.buffer_count,
+                lba48: id.lba48,
+                flush: id.flush_cache,
+                deadline,
+            }),
+            next_engine: AtomicU8::new(0),
+        })
+    }
+}
+
+impl Disk for AoeDisk {
+    fn info(&self) -> &DiskInfo {
+        &self.info
+    }
+
+    fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
+        let id = self.next_engine.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(
+            AoeEngine::new(self.target.clone(), id, capacity).map_err(DiskError::Engine)?,
+        ))
+    }
+}
