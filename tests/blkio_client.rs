@@ -7,159 +7,11 @@ mod common;
 use std::path::Path;
 
 use blkio::ReqFlags;
+use common::workload::{random_io, BUFFER_BYTES};
 use common::{first_difference, Client, Daemon, Rng};
 
 const DISK_BYTES: u64 = 64 << 20;
-const BUFFER_BYTES: usize = 40 << 20;
 const QUEUES: usize = 2;
-const ROUNDS: usize = 10;
-const REQUESTS_PER_QUEUE: usize = 12;
-const MAX_REQUEST: u64 = 1 << 20;
-
-/// One request of a round: its extent on disk and where its data sits in the buffer region.
-struct Planned {
-    write: bool,
-    offset: u64,
-    len: usize,
-    iov: Vec<libc::iovec>,
-}
-
-fn pick_len(rng: &mut Rng) -> u64 {
-    match rng.below(6) {
-        0 => 512,
-        1 => 4096,
-        2 => 8192,
-        3 => 64 << 10,
-        4 => MAX_REQUEST,
-        _ => (1 + rng.below(MAX_REQUEST / 512)) * 512,
-    }
-}
-
-/// Splits `len` bytes at `base` into 1 to 8 segments. Most cuts fall on 512-byte boundaries;
-/// some requests get arbitrary cuts and an unaligned start, which O_DIRECT cannot take
-/// directly and the daemon must bounce.
-fn segments(rng: &mut Rng, base: *mut u8, len: usize, odd: bool) -> Vec<libc::iovec> {
-    let pieces = 1 + rng.below(8) as usize;
-    let unit = if odd { 1 } else { 512 };
-    let mut cuts: Vec<usize> = (1..pieces)
-        .map(|_| rng.below((len / unit) as u64) as usize * unit)
-        .filter(|&c| c > 0 && c < len)
-        .collect();
-    cuts.push(0);
-    cuts.push(len);
-    cuts.sort_unstable();
-    cuts.dedup();
-    cuts.windows(2)
-        .map(|w| libc::iovec {
-            // SAFETY: w[0] < len, inside the buffer the caller reserved.
-            iov_base: unsafe { base.add(w[0]) }.cast(),
-            iov_len: w[1] - w[0],
-        })
-        .collect()
-}
-
-fn overlaps(a: (u64, u64), planned: &[Planned]) -> bool {
-    planned
-        .iter()
-        .any(|p| a.0 < p.offset + p.len as u64 && p.offset < a.1)
-}
-
-/// Random reads and writes of many sizes, many in flight on both queues, checked against an
-/// in-memory model of the disk.
-fn random_io(client: &mut Client, model: &mut [u8], rng: &mut Rng) {
-    for round in 0..ROUNDS {
-        let mut planned: Vec<Vec<Planned>> = (0..QUEUES).map(|_| Vec::new()).collect();
-        let mut next_buf = 0usize;
-        for q in 0..QUEUES {
-            for i in 0..REQUESTS_PER_QUEUE {
-                let len = pick_len(rng);
-                let offset = loop {
-                    let off = rng.below((DISK_BYTES - len) / 512 + 1) * 512;
-                    let all: Vec<&Planned> = planned.iter().flatten().collect();
-                    if !all
-                        .iter()
-                        .any(|p| off < p.offset + p.len as u64 && p.offset < off + len)
-                    {
-                        break off;
-                    }
-                };
-                debug_assert!(!overlaps((offset, offset + len), &planned[q]));
-                let odd = (round + i) % 5 == 0;
-                let start = next_buf + if odd { 8 } else { 0 };
-                next_buf = (start + len as usize).next_multiple_of(4096);
-                assert!(next_buf <= BUFFER_BYTES);
-                let write = rng.below(3) != 0;
-                if write {
-                    rng.fill(&mut client.buffers()[start..start + len as usize]);
-                }
-                let iov = segments(rng, client.buffer_ptr(start), len as usize, odd);
-                planned[q].push(Planned {
-                    write,
-                    offset,
-                    len: len as usize,
-                    iov,
-                });
-            }
-        }
-        for (q, reqs) in planned.iter().enumerate() {
-            for (i, p) in reqs.iter().enumerate() {
-                let queue = &mut client.queues[q];
-                if p.write {
-                    queue.writev(
-                        p.offset,
-                        p.iov.as_ptr(),
-                        p.iov.len() as u32,
-                        i,
-                        ReqFlags::empty(),
-                    );
-                } else {
-                    queue.readv(
-                        p.offset,
-                        p.iov.as_ptr(),
-                        p.iov.len() as u32,
-                        i,
-                        ReqFlags::empty(),
-                    );
-                }
-            }
-        }
-        for (q, reqs) in planned.iter().enumerate() {
-            for (i, ret) in client.wait(q, reqs.len()) {
-                let p = &reqs[i];
-                assert_eq!(
-                    ret,
-                    0,
-                    "round {round} queue {q}: {} of {} at {} failed",
-                    if p.write { "write" } else { "read" },
-                    p.len,
-                    p.offset
-                );
-            }
-        }
-        for reqs in &planned {
-            for p in reqs {
-                let data: Vec<u8> = p
-                    .iov
-                    .iter()
-                    // SAFETY: the request completed; its buffers are ours again.
-                    .flat_map(|v| unsafe {
-                        std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
-                    })
-                    .copied()
-                    .collect();
-                let extent = p.offset as usize..p.offset as usize + p.len;
-                if p.write {
-                    model[extent].copy_from_slice(&data);
-                } else if let Some(at) = first_difference(&data, &model[extent]) {
-                    panic!(
-                        "round {round}: read of {} at {} differs at byte {at}",
-                        p.len, p.offset
-                    );
-                }
-            }
-        }
-    }
-}
 
 fn submit_one(
     client: &mut Client,
@@ -257,7 +109,7 @@ fn io_suite_with(aio: &str, cache: &str, extra: &[&str]) {
         let mut client =
             Client::connect(&daemon.socket, QUEUES as i32, false, BUFFER_BYTES).unwrap();
         assert_eq!(client.capacity(), DISK_BYTES);
-        random_io(&mut client, &mut model, &mut rng);
+        random_io(&mut client, &mut model, &mut rng, QUEUES);
         zeroing_requests(&mut client, &mut model);
         past_end_requests(&mut client);
         assert_eq!(

@@ -2,6 +2,8 @@
 //! would (the `blkio` crate's `virtio-blk-vhost-user` driver).
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod workload;
+
 use std::io::{BufRead, BufReader};
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
@@ -24,8 +26,22 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `vblkd serve --socket DIR/vblkd.sock ARGS...` and waits until it listens.
     pub fn start(dir: &Path, args: &[&str]) -> Daemon {
+        Self::start_with(&[], dir, args)
+    }
+
+    /// Like [`Daemon::start`], run through `wrapper` (e.g. `ip netns exec NS`), which must
+    /// exec vblkd in its own process.
+    pub fn start_with(wrapper: &[&str], dir: &Path, args: &[&str]) -> Daemon {
         let socket = dir.join("vblkd.sock");
-        let mut child = Command::new(VBLKD)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(VBLKD);
+                c
+            }
+            None => Command::new(VBLKD),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--socket")
             .arg(&socket)

@@ -1,0 +1,496 @@
+//! vblkd as an ATA-over-Ethernet initiator against a real target: vblade serving a file in one
+//! network namespace, vblkd in another, joined by a veth pair the test creates (traffic never
+//! leaves them). Data is verified through the daemon and in the file vblade serves.
+//!
+//! Needs root, iproute2 and vblade (scripts/setup installs them); without them the tests fail
+//! with a message saying so.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blkio::ReqFlags;
+use common::workload::{random_io, BUFFER_BYTES};
+use common::{first_difference, Client, Daemon, Rng};
+use vblkd::aoe::frame::{
+    self, AtaArg, Header, ATA_HEADER_LEN, ATA_READ_EXT, CMD_ATA, FLAG_RESPONSE,
+};
+use vblkd::aoe::socket::RawSocket;
+
+const DISK_BYTES: usize = 64 << 20;
+const SHELF: &str = "3";
+const SLOT: &str = "7";
+
+/// Two namespaces, a veth pair between them, vblade on one end. A lossy rig puts a relay
+/// namespace in the middle instead (see [`Relay`]).
+struct Rig {
+    ns_target: String,
+    ns_initiator: String,
+    ns_relay: Option<String>,
+    if_target: String,
+    if_initiator: String,
+    file: PathBuf,
+    vblade: Option<Child>,
+    relay: Option<Relay>,
+}
+
+fn run(cmd: &[&str]) {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {cmd:?}: {e}; install iproute2 and vblade (scripts/setup)")
+        });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {} (these tests need root)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn veth(ns_a: &str, dev_a: &str, ns_b: &str, dev_b: &str, mtu: u32) {
+    run(&[
+        "ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b, "netns",
+        ns_b,
+    ]);
+    for (ns, dev) in [(ns_a, dev_a), (ns_b, dev_b)] {
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "link",
+            "set",
+            dev,
+            "mtu",
+            &mtu.to_string(),
+            "up",
+        ]);
+    }
+}
+
+impl Rig {
+    fn new(dir: &Path, mtu: u32) -> Rig {
+        Self::build(dir, mtu, false)
+    }
+
+    /// A rig whose path drops, duplicates and reorders frames.
+    fn lossy(dir: &Path, mtu: u32) -> Rig {
+        Self::build(dir, mtu, true)
+    }
+
+    fn build(dir: &Path, mtu: u32, lossy: bool) -> Rig {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = format!(
+            "{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut rig = Rig {
+            ns_target: format!("vblkd-t{n}"),
+            ns_initiator: format!("vblkd-i{n}"),
+            ns_relay: lossy.then(|| format!("vblkd-r{n}")),
+            if_target: "aoe-t".into(),
+            if_initiator: "aoe-i".into(),
+            file: dir.join("vblade.img"),
+            vblade: None,
+            relay: None,
+        };
+        run(&["ip", "netns", "add", &rig.ns_target]);
+        run(&["ip", "netns", "add", &rig.ns_initiator]);
+        match &rig.ns_relay {
+            None => veth(
+                &rig.ns_target,
+                &rig.if_target,
+                &rig.ns_initiator,
+                &rig.if_initiator,
+                mtu,
+            ),
+            Some(relay) => {
+                run(&["ip", "netns", "add", relay]);
+                veth(&rig.ns_target, &rig.if_target, relay, "r-t", mtu);
+                veth(&rig.ns_initiator, &rig.if_initiator, relay, "r-i", mtu);
+                rig.relay = Some(Relay::start(relay.clone()));
+            }
+        }
+        let data: Vec<u8> = (0..DISK_BYTES).map(|i| (i * 7 % 253) as u8).collect();
+        std::fs::write(&rig.file, data).unwrap();
+        rig.start_vblade();
+        rig
+    }
+
+    fn start_vblade(&mut self) {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns_target,
+                "vblade",
+                SHELF,
+                SLOT,
+                &self.if_target,
+            ])
+            .arg(&self.file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("vblade starts (apt-get install vblade)");
+        self.vblade = Some(child);
+    }
+
+    fn kill_vblade(&mut self) {
+        if let Some(mut v) = self.vblade.take() {
+            let _ = v.kill();
+            let _ = v.wait();
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("aoe://{}/e{SHELF}.{SLOT}", self.if_initiator)
+    }
+
+    /// vblkd in the initiator namespace, serving the target.
+    fn daemon(&self, dir: &Path, extra: &[&str]) -> Daemon {
+        let address = self.address();
+        let mut args = vec!["--disk", &address, "--num-queues", "2"];
+        args.extend_from_slice(extra);
+        Daemon::start_with(&["ip", "netns", "exec", &self.ns_initiator], dir, &args)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.kill_vblade();
+        if let Some(relay) = self.relay.take() {
+            relay.stop();
+        }
+        for ns in [
+            Some(&self.ns_target),
+            Some(&self.ns_initiator),
+            self.ns_relay.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A lossy path, as netem would make it (this kernel has no netem): a thread in the relay
+/// namespace forwards AoE frames between its two links, dropping 5 %, duplicating 2 % and
+/// holding 25 % back behind the next frame in the same direction.
+struct Relay {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<RelayStats>,
+}
+
+#[derive(Debug, Default)]
+struct RelayStats {
+    forwarded: usize,
+    dropped: usize,
+    duplicated: usize,
+    reordered: usize,
+}
+
+impl Relay {
+    fn start(ns: String) -> Relay {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            enter_netns(&ns);
+            // Requests travel r-i -> r-t, replies r-t -> r-i. Each socket also sees the frames
+            // we send out of it; the response bit tells them apart.
+            let links = [
+                RawSocket::open("r-i").unwrap(),
+                RawSocket::open("r-t").unwrap(),
+            ];
+            let mut held: [Option<Vec<u8>>; 2] = [None, None];
+            let mut rng = Rng::new(0x1055);
+            let mut stats = RelayStats::default();
+            let mut buf = vec![0u8; 65536];
+            while !flag.load(Ordering::Relaxed) {
+                let mut idle = true;
+                for from in 0..2 {
+                    while let Some(n) = links[from].recv(&mut buf).unwrap() {
+                        let is_reply = n > 14 && buf[14] & (FLAG_RESPONSE) != 0;
+                        if is_reply != (from == 1) {
+                            continue; // our own forwarded frame, seen going out
+                        }
+                        idle = false;
+                        let out = &links[1 - from];
+                        let send = |f: &[u8]| {
+                            let _ = out.send(&[std::io::IoSlice::new(f)]);
+                        };
+                        match rng.below(100) {
+                            0..=4 => stats.dropped += 1,
+                            5..=6 => {
+                                send(&buf[..n]);
+                                send(&buf[..n]);
+                                stats.duplicated += 1;
+                            }
+                            7..=31 if held[from].is_none() => {
+                                held[from] = Some(buf[..n].to_vec());
+                                stats.reordered += 1;
+                            }
+                            _ => {
+                                send(&buf[..n]);
+                                stats.forwarded += 1;
+                            }
+                        }
+                        if !(7..=31).contains(&rng.below(100)) {
+                            if let Some(f) = held[from].take() {
+                                send(&f);
+                            }
+                        }
+                    }
+                }
+                if idle {
+                    for (from, slot) in held.iter_mut().enumerate() {
+                        if let Some(f) = slot.take() {
+                            let _ = links[1 - from].send(&[std::io::IoSlice::new(&f)]);
+                        }
+                    }
+                    let _ = links[0].wait(Duration::from_millis(1));
+                }
+            }
+            stats
+        });
+        Relay { stop, thread }
+    }
+
+    fn stop(self) -> RelayStats {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Random I/O through vblkd; then the disk read back through vblkd and the file vblade serves
+/// must both equal the model.
+fn verify_random_io(rig: &Rig, daemon: &Daemon) {
+    let mut model = std::fs::read(&rig.file).unwrap();
+    let mut client = Client::connect(&daemon.socket, 2, false, BUFFER_BYTES).unwrap();
+    assert_eq!(client.capacity(), DISK_BYTES as u64);
+    random_io(&mut client, &mut model, &mut Rng::new(0xa0e), 2);
+    client.queues[0].flush(0, ReqFlags::empty());
+    assert_eq!(client.wait(0, 1)[0].1, 0, "flush");
+    let all = client.read_all(1, 4 << 20);
+    if let Some(at) = first_difference(&all, &model) {
+        panic!("disk read back through vblkd differs at byte {at}");
+    }
+    drop(client);
+    let file = std::fs::read(&rig.file).unwrap();
+    if let Some(at) = first_difference(&file, &model) {
+        panic!("the file vblade serves differs from what was written at byte {at}");
+    }
+}
+
+#[test]
+fn aoe_random_io_at_mtu_1500() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let rig = Rig::new(dir.path(), 1500);
+    let daemon = rig.daemon(dir.path(), &[]);
+    assert!(
+        daemon.log().contains("2 sectors per frame"),
+        "{}",
+        daemon.log()
+    );
+    verify_random_io(&rig, &daemon);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn aoe_random_io_at_mtu_9000() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let rig = Rig::new(dir.path(), 9000);
+    let daemon = rig.daemon(dir.path(), &[]);
+    assert!(
+        daemon.log().contains("17 sectors per frame"),
+        "{}",
+        daemon.log()
+    );
+    verify_random_io(&rig, &daemon);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn aoe_survives_loss_reordering_and_duplicates() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut rig = Rig::lossy(dir.path(), 9000);
+    let daemon = rig.daemon(dir.path(), &[]);
+    verify_random_io(&rig, &daemon);
+    assert!(daemon.stop().success());
+    let stats = rig.relay.take().unwrap().stop();
+    eprintln!("relay: {stats:?}");
+    assert!(
+        stats.dropped > 10 && stats.duplicated > 5 && stats.reordered > 10,
+        "the path was not lossy: {stats:?}"
+    );
+}
+
+#[test]
+fn aoe_requests_fail_after_the_deadline_and_resume_when_the_target_returns() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut rig = Rig::new(dir.path(), 1500);
+    let mut daemon = rig.daemon(dir.path(), &["--aoe-deadline", "2"]);
+    let mut client = Client::connect(&daemon.socket, 1, false, 1 << 20).unwrap();
+    assert_eq!(client.read_sync(0, 0, 4096), 0);
+
+    // Target gone for longer than the deadline: the request fails, the daemon stays up.
+    rig.kill_vblade();
+    assert_ne!(
+        client.read_sync(0, 8192, 4096),
+        0,
+        "a read with no target must fail"
+    );
+    assert!(daemon.is_running());
+
+    // Target back: the same client reads correct data again.
+    rig.start_vblade();
+    assert_eq!(client.read_sync(0, 4096, 4096), 0);
+    let expected: Vec<u8> = (4096..8192).map(|i: usize| (i * 7 % 253) as u8).collect();
+    assert_eq!(&client.buffers()[..4096], &expected[..]);
+    drop(client);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn aoe_recovers_when_the_target_restarts_during_io() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut rig = Rig::new(dir.path(), 1500);
+    let daemon = rig.daemon(dir.path(), &[]);
+    let mut client = Client::connect(&daemon.socket, 1, false, 4 << 20).unwrap();
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|i: usize| (i % 241) as u8 ^ 0x5a)
+        .collect();
+    client.buffers()[..data.len()].copy_from_slice(&data);
+    // A 1 MiB write in flight while vblade goes away for a while and comes back.
+    rig.kill_vblade();
+    let buf = client.buffer_ptr(0);
+    client.queues[0].write(16 << 20, buf, data.len(), 0, ReqFlags::empty());
+    let outage = std::thread::spawn(move || {
+        // The outage itself: the point of the test, not a synchronisation.
+        std::thread::sleep(Duration::from_millis(1500));
+        rig.start_vblade();
+        rig
+    });
+    assert_eq!(
+        client.wait(0, 1)[0].1,
+        0,
+        "the write must complete after retransmission"
+    );
+    let rig = outage.join().unwrap();
+    assert_eq!(client.read_sync(0, 16 << 20, data.len()), 0);
+    assert!(
+        client.buffers()[..data.len()] == data[..],
+        "data read back differs"
+    );
+    drop(client);
+    let file = std::fs::read(&rig.file).unwrap();
+    assert!(
+        file[16 << 20..(16 << 20) + data.len()] == data[..],
+        "vblade's file differs"
+    );
+    assert!(daemon.stop().success());
+}
+
+/// Enters network namespace `ns` on the calling thread only.
+fn enter_netns(ns: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    // SAFETY: setns with a namespace fd we own; affects only this thread.
+    assert_eq!(
+        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns"
+    );
+}
+
+#[test]
+fn aoe_ignores_spoofed_replies() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let rig = Rig::new(dir.path(), 1500);
+    let daemon = rig.daemon(dir.path(), &[]);
+    let target_mac = {
+        let ns = rig.ns_target.clone();
+        let dev = rig.if_target.clone();
+        std::thread::spawn(move || {
+            enter_netns(&ns);
+            RawSocket::open(&dev).unwrap().mac
+        })
+        .join()
+        .unwrap()
+    };
+
+    // From the target's side of the link, flood the initiator with read replies full of 0xEE
+    // for every tag its engines will use: from the wrong MAC, for the wrong shelf or slot,
+    // and with tags no engine uses.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let spoofer = {
+        let (ns, dev, stop, sent) = (
+            rig.ns_target.clone(),
+            rig.if_target.clone(),
+            stop.clone(),
+            sent.clone(),
+        );
+        std::thread::spawn(move || {
+            enter_netns(&ns);
+            let socket = RawSocket::open(&dev).unwrap();
+            let mut seq = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                seq = seq % 4000 + 1;
+                for (variant, engine) in (0..4).flat_map(|v| [(v, 0u32), (v, 1u32)]) {
+                    let mut h = Header {
+                        dst: frame::BROADCAST,
+                        src: target_mac,
+                        flags: FLAG_RESPONSE,
+                        error: 0,
+                        shelf: 3,
+                        slot: 7,
+                        command: CMD_ATA,
+                        tag: (engine << 24) | seq,
+                    };
+                    match variant {
+                        0 => h.src = [2, 0xde, 0xad, 0, 0, 1],
+                        1 => h.shelf = 4,
+                        2 => h.slot = 8,
+                        _ => h.tag = 0x5500_0000 | seq,
+                    }
+                    let arg = AtaArg {
+                        aflags: 0x40,
+                        sector_count: 2,
+                        cmd_status: ATA_READ_EXT,
+                        ..AtaArg::default()
+                    };
+                    let mut head = [0u8; ATA_HEADER_LEN];
+                    frame::encode_ata(&mut head, &h, &arg);
+                    let junk = [0xEEu8; 1024];
+                    let _ =
+                        socket.send(&[std::io::IoSlice::new(&head), std::io::IoSlice::new(&junk)]);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let expected = std::fs::read(&rig.file).unwrap();
+    let mut client = Client::connect(&daemon.socket, 2, false, 8 << 20).unwrap();
+    for round in 0..4 {
+        let all = client.read_all(round % 2, 1 << 20);
+        if let Some(at) = first_difference(&all, &expected) {
+            panic!("a spoofed reply got into the data at byte {at} (round {round})");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    spoofer.join().unwrap();
+    assert!(
+        sent.load(Ordering::Relaxed) > 1000,
+        "the spoofer hardly sent anything"
+    );
+    drop(client);
+    assert!(daemon.stop().success());
+}
