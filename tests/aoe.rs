@@ -494,3 +494,11 @@ fn aoe_ignores_spoofed_replies() {
     drop(client);
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn qemu_guest_on_an_aoe_disk() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let rig = Rig::new(dir.path(), 9000);
+    let daemon = rig.daemon(dir.path(), &[]);
+    common::guest::check_guest(daemon, &rig.file, None);
+}

@@ -2,6 +2,7 @@
 //! would (the `blkio` crate's `virtio-blk-vhost-user` driver).
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod guest;
 pub mod workload;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,127 @@
+//! Booting the QEMU test guest (qemu-scripts/) against a vblkd socket, and checking what it
+//! reports and what it wrote.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+use super::Daemon;
+
+pub const DISK_BYTES: usize = 64 << 20;
+const PATTERN_BYTES: usize = 4 << 20;
+/// A guest that has not powered off by then is hung (it normally takes about 10 s).
+const HANG_LIMIT: Duration = Duration::from_secs(600);
+
+fn scripts() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("qemu-scripts")
+}
+
+pub fn guest_cache() -> PathBuf {
+    std::env::var_os("VBLKD_GUEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| scripts().join(".cache"))
+}
+
+/// Builds the guest once per test run (the tests below run in parallel).
+pub fn build_guest() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(scripts().join("build-guest.sh"))
+            .status()
+            .expect("run build-guest.sh");
+        assert!(
+            status.success(),
+            "qemu-scripts/build-guest.sh failed; see its message above"
+        );
+    });
+}
+
+/// Boots the guest against `socket` and returns its "VBLKD key value" report lines.
+pub fn boot(socket: &std::path::Path) -> HashMap<String, String> {
+    let mut qemu = Command::new(scripts().join("boot-guest.sh"))
+        .arg(socket)
+        .arg("2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start qemu");
+    let stdout = qemu.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut report = HashMap::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[guest] {line}");
+            // The firmware's terminal escapes may share a line with the first report.
+            if let Some(rest) = line.find("VBLKD ").map(|at| line[at + 6..].trim()) {
+                let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
+                report.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let _ = tx.send(report);
+    });
+    let report = match rx.recv_timeout(HANG_LIMIT) {
+        Ok(report) => report,
+        Err(_) => {
+            let _ = qemu.kill();
+            panic!("the guest did not power off within {HANG_LIMIT:?}");
+        }
+    };
+    let status = qemu.wait().unwrap();
+    assert!(status.success(), "qemu exited with {status}");
+    report
+}
+
+/// Boots the guest on `daemon`'s disk and checks its report: size, both queues, O_DIRECT
+/// pattern round trips, the write cache switched off through the WCE byte; then that `file`
+/// (the bytes behind the disk) holds what the guest wrote. `serial`, if given, is what GET_ID
+/// must return.
+pub fn check_guest(daemon: Daemon, file: &Path, serial: Option<&str>) {
+    build_guest();
+    let report = boot(&daemon.socket);
+    let get = |k: &str| {
+        report
+            .get(k)
+            .unwrap_or_else(|| panic!("guest did not report {k}: {report:?}"))
+            .as_str()
+    };
+
+    let errors: Vec<_> = report.keys().filter(|k| k.starts_with("error")).collect();
+    assert!(errors.is_empty(), "guest reported errors: {report:?}");
+    assert_eq!(get("done"), "");
+    assert_eq!(get("size_bytes"), DISK_BYTES.to_string());
+    assert_eq!(get("queues"), "2", "the guest should use both queues");
+    assert_eq!(
+        get("cache_type"),
+        "write back",
+        "the disk has a write cache"
+    );
+    if let Some(serial) = serial {
+        assert_eq!(get("serial"), serial);
+    }
+    assert_eq!(get("readback_start"), get("pattern"));
+    assert_eq!(get("readback_end"), get("pattern"));
+    assert_eq!(get("readback_small"), get("pattern_small"));
+    assert_eq!(get("cache_type_after"), "write through");
+    assert!(daemon.log().contains("guest turned the write cache off"));
+    assert!(daemon.stop().success(), "vblkd did not exit cleanly");
+
+    let pattern = std::fs::read(guest_cache().join("pattern.bin")).unwrap();
+    let file = std::fs::read(file).unwrap();
+    assert_eq!(file.len(), DISK_BYTES);
+    assert!(
+        file[..PATTERN_BYTES] == pattern[..],
+        "start of the disk file differs from the guest's writes"
+    );
+    assert!(
+        file[DISK_BYTES - PATTERN_BYTES..] == pattern[..],
+        "end of the disk file differs"
+    );
+    assert!(
+        file[8 << 20..(8 << 20) + (128 << 10)] == pattern[..128 << 10],
+        "single-sector writes differ"
+    );
+}
