@@ -103,6 +103,10 @@ struct BenchRunArgs {
     /// The daemon's PID, to measure its CPU time and context switches per I/O.
     #[arg(long)]
     pid: Option<u32>,
+    /// The PID of what the daemon talks to (e.g. vblade behind an AoE disk), to measure its CPU
+    /// time per I/O too.
+    #[arg(long)]
+    target_pid: Option<u32>,
     /// Pin the load threads to these CPUs (comma-separated).
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
@@ -294,7 +298,11 @@ fn bench_run(args: BenchRunArgs) -> Result<(), Box<dyn std::error::Error>> {
         seconds: args.seconds,
         ramp: args.ramp,
     };
-    let result = bench::run(&target, &workload, args.pid, &args.cpus)?;
+    let watched = bench::Watched {
+        daemon: args.pid,
+        target: args.target_pid,
+    };
+    let result = bench::run(&target, &workload, watched, &args.cpus)?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {

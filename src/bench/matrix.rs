@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::report;
-use super::{run, RunResult, Rw, Target, Workload};
+use super::{run, RunResult, Rw, Target, Watched, Workload};
 
 /// Which program serves the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,12 +423,20 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<PathBuf, String> {
             progress.set_message(format!("{}: {}", config.label(), w.label()));
             let result = match &daemon {
                 Err(e) => Err(e.clone()),
-                Ok(None) => run(&Target::Native(opts.disk.clone()), w, None, &load_cpus)
-                    .map_err(|e| e.to_string()),
+                Ok(None) => run(
+                    &Target::Native(opts.disk.clone()),
+                    w,
+                    Watched::default(),
+                    &load_cpus,
+                )
+                .map_err(|e| e.to_string()),
                 Ok(Some(d)) => run(
                     &Target::Socket(d.socket.clone()),
                     w,
-                    Some(d.pid),
+                    Watched {
+                        daemon: Some(d.pid),
+                        target: None,
+                    },
                     &load_cpus,
                 )
                 .map_err(|e| e.to_string()),

@@ -111,6 +111,9 @@ pub struct RunResult {
     /// Daemon CPU time per I/O, when its PID was given.
     pub daemon_cpu_us_per_io: Option<f64>,
     pub daemon_ctx_switches_per_io: Option<f64>,
+    /// CPU time per I/O of the process behind the daemon (e.g. an AoE target), when given.
+    #[serde(default)]
+    pub target_cpu_us_per_io: Option<f64>,
     /// Growth of Cached + Buffers over the measured window.
     pub page_cache_growth_mib: f64,
 }
@@ -259,12 +262,21 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs `w` against `target`. With `daemon_pid`, the daemon's CPU cost is measured too; with
-/// `cpus`, the load threads are pinned there.
+/// Processes whose CPU cost a run measures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watched {
+    /// The daemon serving the socket.
+    pub daemon: Option<u32>,
+    /// What the daemon talks to, e.g. an AoE target such as vblade.
+    pub target: Option<u32>,
+}
+
+/// Runs `w` against `target`, measuring the CPU cost of the `watched` processes; with `cpus`,
+/// the load threads are pinned there.
 pub fn run(
     target: &Target,
     w: &Workload,
-    daemon_pid: Option<u32>,
+    watched: Watched,
     cpus: &[usize],
 ) -> Result<RunResult, BenchError> {
     let Prepared {
@@ -311,10 +323,12 @@ pub fn run(
     let sample =
         |pid: u32| ProcessSample::read(pid).map_err(|source| BenchError::Proc { pid, source });
     sleep_until(timing.measure_start);
-    let before = daemon_pid.map(sample).transpose()?;
+    let before = watched.daemon.map(sample).transpose()?;
+    let target_before = watched.target.map(sample).transpose()?;
     let cache_before = page_cache_bytes().unwrap_or(0);
     sleep_until(timing.measure_end);
-    let after = daemon_pid.map(sample).transpose()?;
+    let after = watched.daemon.map(sample).transpose()?;
+    let target_after = watched.target.map(sample).transpose()?;
     let cache_after = page_cache_bytes().unwrap_or(0);
 
     let mut total = ThreadStats::default();
@@ -330,6 +344,7 @@ pub fn run(
     drop(buffers);
 
     let cost = before.zip(after).map(|(b, a)| a.since(&b));
+    let target_cost = target_before.zip(target_after).map(|(b, a)| a.since(&b));
     let per_io = |v: u64| {
         if total.ios == 0 {
             0.0
@@ -351,6 +366,7 @@ pub fn run(
         lat_max_us: us(total.latency.max()),
         daemon_cpu_us_per_io: cost.map(|c| per_io(c.cpu_ns) / 1000.0),
         daemon_ctx_switches_per_io: cost.map(|c| per_io(c.context_switches)),
+        target_cpu_us_per_io: target_cost.map(|c| per_io(c.cpu_ns) / 1000.0),
         page_cache_growth_mib: (cache_after as f64 - cache_before as f64) / (1 << 20) as f64,
     })
 }
@@ -407,6 +423,9 @@ pub fn format_result(r: &RunResult) -> String {
     );
     if let (Some(cpu), Some(ctx)) = (r.daemon_cpu_us_per_io, r.daemon_ctx_switches_per_io) {
         s += &format!("  daemon: {cpu:.2} µs CPU per I/O, {ctx:.2} context switches per I/O\n");
+    }
+    if let Some(cpu) = r.target_cpu_us_per_io {
+        s += &format!("  target: {cpu:.2} µs CPU per I/O\n");
     }
     s += &format!("  page cache growth: {:.1} MiB\n", r.page_cache_growth_mib);
     s

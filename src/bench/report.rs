@@ -352,6 +352,7 @@ mod tests {
             lat_max_us: lat * 4.0,
             daemon_cpu_us_per_io: cpu,
             daemon_ctx_switches_per_io: cpu.map(|_| 0.1),
+            target_cpu_us_per_io: None,
             page_cache_growth_mib: 0.0,
         }
     }

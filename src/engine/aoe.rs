@@ -97,6 +97,11 @@ pub struct AoeEngine {
     free: Vec<usize>,
     queued: VecDeque<Piece>,
     outstanding: Vec<Sent>,
+    /// Requests in push order; deadlines are push time + a constant, so the oldest live
+    /// request has the earliest deadline.
+    by_age: VecDeque<(Instant, usize, u64)>,
+    /// When the timer is set to fire, if it is.
+    armed: Option<Instant>,
     flow: FlowControl,
     done: Vec<Completion>,
     rx: Vec<u8>,
@@ -154,6 +159,8 @@ impl AoeEngine {
             free: (0..usize::from(capacity)).rev().collect(),
             queued: VecDeque::new(),
             outstanding: Vec::new(),
+            by_age: VecDeque::new(),
+            armed: None,
             flow,
             done: Vec::new(),
             rx: vec![0u8; 65536],
@@ -332,16 +339,27 @@ impl AoeEngine {
         self.piece_done(piece.req, error);
     }
 
+    /// The oldest request still live (finished ones are dropped from the front lazily).
+    fn oldest(&mut self) -> Option<(Instant, usize)> {
+        while let Some(&(deadline, req, token)) = self.by_age.front() {
+            if self.requests[req]
+                .as_ref()
+                .is_some_and(|r| r.token == token && r.deadline == deadline)
+            {
+                return Some((deadline, req));
+            }
+            self.by_age.pop_front();
+        }
+        None
+    }
+
     /// Retransmits frames whose RTO passed and fails requests whose deadline passed.
     fn handle_timeouts(&mut self) {
         let now = Instant::now();
-        let expired: Vec<usize> = self
-            .requests
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.as_ref().filter(|r| r.deadline <= now).map(|_| i))
-            .collect();
-        for req in expired {
+        while let Some((deadline, req)) = self.oldest() {
+            if deadline > now {
+                break;
+            }
             if let Some(r) = self.requests[req].as_mut() {
                 r.error.get_or_insert(libc::EIO);
             }
@@ -367,13 +385,19 @@ impl AoeEngine {
         }
     }
 
+    /// Makes sure the timer fires by the next retransmission or deadline. It may fire early
+    /// (then reap re-arms it); re-arming only when the next event moved earlier keeps the
+    /// common path free of system calls.
     fn arm_timer(&mut self) -> io::Result<()> {
-        let next = self
-            .outstanding
-            .iter()
-            .map(|s| s.due)
-            .chain(self.requests.iter().flatten().map(|r| r.deadline))
-            .min();
+        let oldest = self.oldest().map(|(deadline, _)| deadline);
+        let next = self.outstanding.iter().map(|s| s.due).chain(oldest).min();
+        let now = Instant::now();
+        match (next, self.armed) {
+            (Some(next), Some(armed)) if armed <= next && armed > now => return Ok(()),
+            (None, None) => return Ok(()),
+            _ => {}
+        }
+        self.armed = next;
         let value = match next {
             // A zero value would disarm the timer; fire at least a microsecond from now.
             Some(t) => t
@@ -482,6 +506,7 @@ impl Engine for AoeEngine {
         } else {
             sectors.div_ceil(per_frame)
         };
+        let deadline = Instant::now() + self.target.deadline;
         self.requests[req] = Some(Request {
             token,
             iov,
@@ -489,8 +514,9 @@ impl Engine for AoeEngine {
             len,
             pieces_left: pieces,
             error: None,
-            deadline: Instant::now() + self.target.deadline,
+            deadline,
         });
+        self.by_age.push_back((deadline, req, token));
         if kind == Kind::Flush {
             self.queued.push_back(Piece {
                 req,
@@ -520,9 +546,13 @@ impl Engine for AoeEngine {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        let mut expirations = [0u8; 8];
-        // SAFETY: reading 8 bytes into our buffer; EAGAIN (not expired) is fine.
-        unsafe { libc::read(self.timer.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
+        if self.armed.is_some_and(|t| t <= Instant::now()) {
+            // The timer fired: reset it (level-triggered in our epoll) before handling it.
+            let mut expirations = [0u8; 8];
+            // SAFETY: reading 8 bytes into our buffer; EAGAIN is fine.
+            unsafe { libc::read(self.timer.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
+            self.armed = None;
+        }
         while let Some(n) = self.socket.recv(&mut self.rx)? {
             self.handle_reply(n);
         }
