@@ -259,49 +259,38 @@ fn file_len(file: &File, path: &Path) -> Result<u64, DiskError> {
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
-fn block_device_size(file: &File, path: &Path) -> Result<u64, DiskError> {
-    let mut size: u64 = 0;
-    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to `size`.
-    let ret = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
+/// Runs an ioctl that writes one `T` through its argument, as the block-device queries do.
+fn ioctl_read<T: Default>(file: &File, request: libc::c_ulong) -> io::Result<T> {
+    let mut value = T::default();
+    // SAFETY: `request` is one of the BLK*GET ioctls, which write exactly one `T` (u64 or int)
+    // through the pointer, and `value` is such a `T`.
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), request as _, &mut value as *mut T) };
     if ret < 0 {
-        return Err(DiskError::Inspect {
-            path: path.to_path_buf(),
-            source: io::Error::last_os_error(),
-        });
+        return Err(io::Error::last_os_error());
     }
-    Ok(size)
+    Ok(value)
+}
+
+fn block_device_size(file: &File, path: &Path) -> Result<u64, DiskError> {
+    ioctl_read::<u64>(file, BLKGETSIZE64).map_err(|source| DiskError::Inspect {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn block_device_sector_size(file: &File, path: &Path) -> Result<u32, DiskError> {
-    let mut size: libc::c_int = 0;
-    // SAFETY: BLKSSZGET writes one int through the pointer, which points to `size`.
-    let ret = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            libc::BLKSSZGET,
-            &mut size as *mut libc::c_int,
-        )
-    };
-    if ret < 0 {
-        return Err(DiskError::Inspect {
+    ioctl_read::<libc::c_int>(file, libc::BLKSSZGET as libc::c_ulong)
+        .map(|size| size as u32)
+        .map_err(|source| DiskError::Inspect {
             path: path.to_path_buf(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(size as u32)
+            source,
+        })
 }
 
 fn block_device_physical_block(file: &File) -> Option<u32> {
-    let mut size: libc::c_uint = 0;
-    // SAFETY: BLKPBSZGET writes one unsigned int through the pointer, which points to `size`.
-    let ret = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            libc::BLKPBSZGET,
-            &mut size as *mut libc::c_uint,
-        )
-    };
-    (ret >= 0 && size > 0).then_some(size)
+    ioctl_read::<libc::c_uint>(file, libc::BLKPBSZGET as libc::c_ulong)
+        .ok()
+        .filter(|&size| size > 0)
 }
 
 /// A file system on a 4 KiB-sector device rejects 512-byte direct I/O at run time; find out

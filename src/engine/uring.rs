@@ -58,6 +58,16 @@ impl UringEngine {
         })
     }
 
+    /// Takes every completion queue entry and the helper's finished jobs.
+    fn collect(&mut self, out: &mut Vec<Completion>) {
+        out.extend(
+            self.ring
+                .completion()
+                .map(|cqe| Completion::from_raw(cqe.user_data(), i64::from(cqe.result()))),
+        );
+        self.helper.collect(out);
+    }
+
     fn push_entry(&mut self, entry: squeue::Entry) {
         // SAFETY (of the push): the entry's buffers are valid until completion per the
         // `Engine::push` contract, checked by our caller.
@@ -124,12 +134,7 @@ impl Engine for UringEngine {
         // Reset the eventfd before looking at the sources, so a completion that lands after
         // the look re-arms it and is not missed.
         drain_eventfd(&self.eventfd)?;
-        out.extend(
-            self.ring
-                .completion()
-                .map(|cqe| Completion::from_raw(cqe.user_data(), i64::from(cqe.result()))),
-        );
-        self.helper.collect(out);
+        self.collect(out);
         Ok(())
     }
 
@@ -138,12 +143,7 @@ impl Engine for UringEngine {
             // Completions wait in task work; any system call runs it.
             self.ring.submit()?;
         }
-        out.extend(
-            self.ring
-                .completion()
-                .map(|cqe| Completion::from_raw(cqe.user_data(), i64::from(cqe.result()))),
-        );
-        self.helper.collect(out);
+        self.collect(out);
         Ok(())
     }
 }
