@@ -146,9 +146,7 @@ impl QueueWorker {
     /// been idle for the polling time.
     pub fn on_kick(&mut self, vring: &VringRwLock) {
         self.vring.get_or_insert_with(|| vring.clone());
-        let mem = self.mem.memory().into_inner();
-        let mut state = vring.get_mut();
-        self.serve(&mut state, &mem, Reaper::Reap);
+        self.serve(vring, Reaper::Reap);
     }
 
     /// The engine's eventfd fired: complete what finished and notify once (and poll, if
@@ -159,25 +157,23 @@ impl QueueWorker {
         if self.finished.is_empty() {
             return;
         }
-        let mem = self.mem.memory().into_inner();
-        let mut state = vring.get_mut();
-        self.publish(&mut state, &mem);
+        {
+            let mem = self.mem.memory().into_inner();
+            self.publish(&mut vring.get_mut(), &mem);
+        }
         if self.config.poll.is_some() {
-            self.serve(&mut state, &mem, Reaper::Poll);
+            self.serve(vring, Reaper::Poll);
         }
     }
 
     /// Takes available requests, submits, reaps and publishes; while polling, repeats until
     /// the queue has been idle for the polling time, and only then lets the guest kick again.
-    fn serve(
-        &mut self,
-        state: &mut VringState<GuestMemoryAtomic<GuestMemory>>,
-        mem: &Arc<GuestMemory>,
-        reaper: Reaper,
-    ) {
+    fn serve(&mut self, vring: &VringRwLock, reaper: Reaper) {
         let Some(poll) = self.config.poll else {
+            let mem = self.mem.memory().into_inner();
+            let mut state = vring.get_mut();
             loop {
-                self.take_available(state, mem);
+                self.take_available(&mut state, &mem);
                 match state.enable_notification() {
                     Ok(true) => continue,
                     Ok(false) => break,
@@ -187,22 +183,26 @@ impl QueueWorker {
                     }
                 }
             }
-            self.submit_and_publish(state, mem, reaper);
+            self.submit_and_publish(&mut state, &mem, reaper);
             return;
         };
         let mut idle_since = Instant::now();
         loop {
+            // Each round takes the current memory map (the frontend may add regions while we
+            // poll) and the vring lock afresh (the control thread may need it between rounds).
+            let mem = self.mem.memory().into_inner();
+            let mut state = vring.get_mut();
             // Notifications stay off while we poll: the guest need not kick, we look.
-            let took = self.take_available(state, mem);
+            let took = self.take_available(&mut state, &mem);
             let in_flight = self.in_flight;
-            self.submit_and_publish(state, mem, Reaper::Poll);
+            self.submit_and_publish(&mut state, &mem, Reaper::Poll);
             if took || self.in_flight != in_flight {
                 idle_since = Instant::now();
             } else if idle_since.elapsed() >= poll {
                 // Going to sleep: reset the engine's eventfd (polling left it readable) so
                 // that epoll does not wake us for completions we already took.
                 self.reap(Reaper::Reap);
-                self.publish(state, mem);
+                self.publish(&mut state, &mem);
                 match state.enable_notification() {
                     Ok(false) | Err(_) => return,
                     // A request slipped in as we re-armed: keep polling.

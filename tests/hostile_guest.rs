@@ -12,7 +12,7 @@ use std::path::Path;
 
 use common::Daemon;
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -86,9 +86,14 @@ impl Guest {
         ));
         frontend
             .set_protocol_features(
-                VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK,
+                VhostUserProtocolFeatures::CONFIG
+                    | VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
             )
             .unwrap();
+        // Have every message acknowledged, as QEMU does with REPLY_ACK, so that a call returns
+        // only once the daemon has applied it.
+        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         frontend.set_features(wanted).unwrap();
         frontend
             .set_mem_table(&[VhostUserMemoryRegionInfo {
@@ -477,6 +482,57 @@ fn guest_can_switch_the_write_cache() {
     );
     let mut guest = Guest::attach(&daemon.socket);
     assert_eq!(guest.config()[32], 0);
+    drop(guest);
+    assert!(daemon.stop().success());
+}
+
+/// A frontend may add guest memory while the queue runs (libblkio maps its buffers after
+/// start). A busy-polling queue thread must see the new region: it once kept the memory map
+/// it started polling with and failed such requests.
+#[test]
+fn memory_added_while_polling_is_used() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (disk, data) = disk_with_pattern(dir.path());
+    let daemon = Daemon::start(
+        dir.path(),
+        &["--disk", disk.to_str().unwrap(), "--poll-us", "1000000"],
+    );
+    let mut guest = Guest::attach(&daemon.socket);
+    // Get the queue thread polling (it keeps polling for 1 s after this).
+    assert_eq!(guest.read(0, 512).0, VIRTIO_BLK_S_OK as u8);
+
+    const EXTRA_GPA: u64 = 0x1000_0000;
+    let file = memfd(1 << 20);
+    let extra = GuestMemoryMmap::<()>::from_ranges_with_files([(
+        GuestAddress(EXTRA_GPA),
+        1 << 20,
+        Some(FileOffset::new(file.try_clone().unwrap(), 0)),
+    )])
+    .unwrap();
+    guest
+        .frontend
+        .add_mem_region(&VhostUserMemoryRegionInfo {
+            guest_phys_addr: EXTRA_GPA,
+            memory_size: 1 << 20,
+            userspace_addr: extra.get_host_address(GuestAddress(EXTRA_GPA)).unwrap() as u64,
+            mmap_offset: 0,
+            mmap_handle: file.as_raw_fd(),
+        })
+        .unwrap();
+
+    guest.header(VIRTIO_BLK_T_IN, 2);
+    let used = guest.submit(
+        &chain(&[(HDR, 16, 0), (EXTRA_GPA, 4096, W), (STATUS, 1, W)]),
+        &[0],
+        1,
+    );
+    assert_eq!(
+        (used, guest.status()),
+        (vec![(0, 4097)], VIRTIO_BLK_S_OK as u8)
+    );
+    let mut got = vec![0u8; 4096];
+    extra.read_slice(&mut got, GuestAddress(EXTRA_GPA)).unwrap();
+    assert_eq!(got, data[1024..1024 + 4096]);
     drop(guest);
     assert!(daemon.stop().success());
 }
