@@ -79,6 +79,58 @@ impl RawSocket {
         Ok(RawSocket { fd, mac, mtu })
     }
 
+    /// Lets through only frames whose tag's top byte is `prefix`: every packet socket on the
+    /// interface gets a copy of every AoE frame, and without this filter each queue's engine
+    /// would be woken for (and copy) the replies meant for the others.
+    pub fn accept_only_tag_prefix(&self, prefix: u8) -> io::Result<()> {
+        // Classic BPF: load the byte at offset 20 (the tag's most significant byte); keep the
+        // frame if it equals `prefix`, drop it otherwise.
+        let program = [
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: 20,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: u32::from(prefix),
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: u32::MAX,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+        ];
+        let fprog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `fprog` points at a valid program that outlives the call (the kernel copies it).
+        cvt(unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&fprog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        })?;
+        // Frames that arrived before the filter was attached may still be queued; drop them.
+        let mut scratch = [0u8; 64];
+        while self.recv(&mut scratch)?.is_some() {}
+        Ok(())
+    }
+
     /// Sends one frame made of `parts` (header, then data straight from guest memory).
     pub fn send(&self, parts: &[IoSlice]) -> io::Result<()> {
         // SAFETY: msghdr is plain data; we point it at `parts`, which outlives the call.

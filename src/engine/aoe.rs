@@ -1,8 +1,8 @@
 //! The AoE initiator as an I/O engine: virtio requests become ATA frames on a raw socket.
 //!
 //! Each queue's engine owns its socket, its tag space (the top byte of every tag is the
-//! engine's id, so replies meant for another queue are ignored without a lookup miss
-//! mattering) and a timer. Socket and timer sit in a small epoll set whose fd is the engine's
+//! engine's id, and a socket filter lets only that engine's replies through, so one queue's
+//! traffic never wakes another) and a timer. Socket and timer sit in a small epoll set whose fd is the engine's
 //! completion fd, so the queue thread waits on guest kicks, replies and retransmission
 //! deadlines in one epoll — no extra thread, no signals (vblade's AIO lesson).
 //!
@@ -135,6 +135,7 @@ impl AoeEngine {
     /// An engine with tag prefix `id`, opening its own socket on the target's interface.
     pub fn new(target: Arc<AoeTarget>, id: u8, capacity: u16) -> io::Result<Self> {
         let socket = RawSocket::open(&target.iface)?;
+        socket.accept_only_tag_prefix(id)?;
         let epoll = Epoll::new()?;
         let timer = timerfd()?;
         epoll.ctl(
