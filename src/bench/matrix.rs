@@ -419,6 +419,21 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<PathBuf, String> {
             Peer::Native => Ok(None),
             _ => start_daemon(config, opts, &work, &daemon_cpus).map(Some),
         };
+        // Dropping caches syncs the whole machine; the disk can stay busy for seconds after.
+        // A discarded warm-up run absorbs that before anything is recorded.
+        if let (Ok(daemon), Some(first)) = (&daemon, grid.first()) {
+            progress.set_message(format!("{}: warm-up", config.label()));
+            let warm_up = Workload {
+                seconds: opts.seconds.max(1.0),
+                ramp: 0.0,
+                ..first.clone()
+            };
+            let target = match daemon {
+                None => Target::Native(opts.disk.clone()),
+                Some(d) => Target::Socket(d.socket.clone()),
+            };
+            let _ = run(&target, &warm_up, Watched::default(), &load_cpus);
+        }
         for w in &grid {
             progress.set_message(format!("{}: {}", config.label(), w.label()));
             let result = match &daemon {
