@@ -228,6 +228,9 @@ impl QueueWorker {
             Ok(idx) if idx.0 == queue.next_avail() => return false,
             _ => {}
         }
+        // Load the memory map only now, after the avail index: a region the frontend added
+        // (and we acknowledged) before publishing these requests is then guaranteed to be in it.
+        let mem = &self.mem.memory().into_inner();
         let chains = match queue.iter(&**mem) {
             Ok(chains) => chains,
             Err(e) => {
