@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod device;
 pub mod disk;
 pub mod engine;
+mod iov;
 mod worker;
 
 /// Guest memory as the vhost-user library maps it (no dirty-page bitmap).

@@ -24,6 +24,7 @@ use crate::blk::request::{self, Limits, Rejected, Request, RequestKind, Scratch}
 use crate::bounce::BounceBuffer;
 use crate::disk::DiskInfo;
 use crate::engine::{wait_for_completions, Completion, Engine, IoOp};
+use crate::iov;
 use crate::GuestMemory;
 
 /// The most iovecs one system call accepts (`IOV_MAX`); longer lists go through a bounce
@@ -320,10 +321,12 @@ impl QueueWorker {
                 return Started::Done(1);
             }
             RequestKind::GetId => {
-                let n = copy_to_iovecs(&slot.iov, &config.serial);
+                // SAFETY: the parser built these iovecs from guest memory that `mem` keeps mapped.
+                let n = unsafe { iov::copy_to(&slot.iov, 0, &config.serial) };
                 // The serial is NUL-padded when it is shorter than the buffer (up to 20 bytes).
                 let padded = req.data_len.min(crate::disk::SERIAL_LEN);
-                zero_iovecs_from(&slot.iov, n, padded);
+                // SAFETY: as above.
+                unsafe { iov::zero(&slot.iov, n, padded) };
                 write_status(mem, req.status, VIRTIO_BLK_S_OK as u8);
                 return Started::Done(padded as u32 + 1);
             }
@@ -419,7 +422,8 @@ impl QueueWorker {
             };
             if let Some(bounce) = slot.bounce.take() {
                 if ok && slot.is_read {
-                    copy_to_iovecs(&slot.iov, bounce.as_slice());
+                    // SAFETY: the iovecs are guest memory `slot.mem` (still held) keeps mapped.
+                    unsafe { iov::copy_to(&slot.iov, 0, bounce.as_slice()) };
                 }
             }
             let mem = slot.mem.take().expect("busy slot holds its memory");
@@ -484,51 +488,9 @@ fn prepare_data(slot: &mut Slot, req: &Request, alignment: usize) -> std::io::Re
     }
     let mut bounce = BounceBuffer::new(req.data_len)?;
     if matches!(req.kind, RequestKind::Write { .. }) {
-        copy_from_iovecs(&slot.iov, bounce.as_mut_slice());
+        // SAFETY: the parser built these iovecs from mapped guest memory.
+        unsafe { iov::copy_from(&slot.iov, bounce.as_mut_slice()) };
     }
     slot.bounce = Some(bounce);
     Ok(())
-}
-
-/// Copies `src` into the buffers `iov` describes, returning the bytes copied.
-fn copy_to_iovecs(iov: &[libc::iovec], src: &[u8]) -> usize {
-    let mut done = 0;
-    for v in iov {
-        if done == src.len() {
-            break;
-        }
-        let n = v.iov_len.min(src.len() - done);
-        // SAFETY: every iovec was produced by the parser from mapped guest memory, which the
-        // caller keeps alive; `n` does not exceed either buffer.
-        unsafe { std::ptr::copy_nonoverlapping(src[done..].as_ptr(), v.iov_base.cast::<u8>(), n) };
-        done += n;
-    }
-    done
-}
-
-/// Zeroes bytes `from..to` of the buffers `iov` describes.
-fn zero_iovecs_from(iov: &[libc::iovec], from: usize, to: usize) {
-    let mut pos = 0;
-    for v in iov {
-        let (start, end) = (pos, pos + v.iov_len);
-        pos = end;
-        let (a, b) = (start.max(from), end.min(to));
-        if a < b {
-            // SAFETY: as in `copy_to_iovecs`; `a - start .. b - start` lies inside this buffer.
-            unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>().add(a - start), 0, b - a) };
-        }
-    }
-}
-
-/// Copies the buffers `iov` describes into `dst`.
-fn copy_from_iovecs(iov: &[libc::iovec], dst: &mut [u8]) {
-    let mut done = 0;
-    for v in iov {
-        let n = v.iov_len.min(dst.len() - done);
-        // SAFETY: as in `copy_to_iovecs`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), dst[done..].as_mut_ptr(), n)
-        };
-        done += n;
-    }
 }

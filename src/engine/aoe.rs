@@ -29,6 +29,7 @@ use crate::aoe::frame::{
     SECTOR,
 };
 use crate::aoe::socket::RawSocket;
+use crate::iov;
 
 /// What every engine of one AoE disk shares: where the target is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -228,7 +229,7 @@ impl AoeEngine {
             let req = self.requests[piece.req].as_ref().expect("live request");
             // SAFETY: the push contract keeps the request's iovecs valid until completion.
             let iovs = unsafe { std::slice::from_raw_parts(req.iov, req.iovcnt) };
-            sub_iovecs(
+            iov::subrange(
                 iovs,
                 piece.byte_off,
                 usize::from(piece.sectors) * SECTOR,
@@ -331,7 +332,8 @@ impl AoeEngine {
                 (Some(bytes), Some(req)) => {
                     // SAFETY: the push contract keeps the request's iovecs valid.
                     let iovs = unsafe { std::slice::from_raw_parts(req.iov, req.iovcnt) };
-                    scatter(iovs, piece.byte_off, bytes);
+                    // SAFETY: as above; the request is live, so its guest memory is mapped.
+                    unsafe { iov::copy_to(iovs, piece.byte_off, bytes) };
                 }
                 (None, _) => error = Some(libc::EIO),
                 (_, None) => {}
@@ -423,42 +425,6 @@ impl AoeEngine {
             return Err(io::Error::last_os_error());
         }
         Ok(())
-    }
-}
-
-/// Appends the iovecs covering bytes `off..off + len` of `iovs` to `out`.
-fn sub_iovecs(iovs: &[libc::iovec], off: usize, len: usize, out: &mut Vec<libc::iovec>) {
-    let (mut pos, end) = (0usize, off + len);
-    for v in iovs {
-        let (start, stop) = (pos, pos + v.iov_len);
-        pos = stop;
-        let (a, b) = (start.max(off), stop.min(end));
-        if a < b {
-            out.push(libc::iovec {
-                // SAFETY: `a - start` is inside this buffer.
-                iov_base: unsafe { v.iov_base.cast::<u8>().add(a - start) }.cast(),
-                iov_len: b - a,
-            });
-        }
-    }
-}
-
-/// Copies `bytes` into the buffers `iovs` describe, starting at byte `off` of them.
-fn scatter(iovs: &[libc::iovec], off: usize, bytes: &[u8]) {
-    let mut parts = Vec::with_capacity(2);
-    sub_iovecs(iovs, off, bytes.len(), &mut parts);
-    let mut done = 0;
-    for v in parts {
-        // SAFETY: each part lies inside guest memory the caller keeps mapped; lengths add up
-        // to at most `bytes.len()`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes[done..].as_ptr(),
-                v.iov_base.cast::<u8>(),
-                v.iov_len,
-            )
-        };
-        done += v.iov_len;
     }
 }
 

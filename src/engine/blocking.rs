@@ -8,6 +8,7 @@ use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
 use super::IoOp;
+use crate::iov;
 
 /// Runs `op` on `fd` to the end, retrying short transfers, and returns the bytes moved.
 pub(super) fn execute(fd: RawFd, op: &IoOp) -> io::Result<usize> {
@@ -81,19 +82,7 @@ fn transfer(
             (iovs.as_ptr(), iovs.len())
         } else {
             rest.clear();
-            let mut skip = done;
-            for v in iovs {
-                if skip >= v.iov_len {
-                    skip -= v.iov_len;
-                    continue;
-                }
-                rest.push(libc::iovec {
-                    // SAFETY: `skip < iov_len`, so the offset stays inside this buffer.
-                    iov_base: unsafe { (v.iov_base as *mut u8).add(skip) }.cast(),
-                    iov_len: v.iov_len - skip,
-                });
-                skip = 0;
-            }
+            iov::subrange(iovs, done, total - done, &mut rest);
             (rest.as_ptr(), rest.len())
         };
         let pos = (offset + done as u64) as libc::off_t;
