@@ -1,6 +1,7 @@
 //! ATA over Ethernet: the protocol pieces of vblkd's userspace initiator.
 //!
-//! [`frame`] encodes and parses AoE r11 frames, [`socket`] is the raw AF_PACKET socket,
+//! [`frame`] encodes and parses AoE r11 frames, [`socket`] is the raw AF_PACKET socket
+//! (with [`ring`], its memory-mapped receive ring),
 //! [`flow`] the congestion window and RTT estimate, [`discover`] finds a target. The
 //! initiator itself is an I/O engine ([`crate::engine::AoeEngine`]), and the disk backend
 //! that ties them together is [`crate::disk::AoeDisk`]. See docs/aoe.md.
@@ -10,6 +11,7 @@ use std::io;
 pub mod discover;
 pub mod flow;
 pub mod frame;
+pub mod ring;
 pub mod socket;
 
 #[derive(Debug, thiserror::Error)]

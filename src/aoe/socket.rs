@@ -6,7 +6,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use super::frame::{Mac, ETHERTYPE};
+use super::frame::{Mac, ATA_HEADER_LEN, ETHERTYPE};
 
 pub struct RawSocket {
     fd: OwnedFd,
@@ -14,7 +14,7 @@ pub struct RawSocket {
     pub mtu: usize,
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(super) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -145,6 +145,50 @@ impl RawSocket {
         Ok(())
     }
 
+    /// Sends every frame in `batch` with as few system calls as the kernel allows, and
+    /// empties it. A frame the kernel refuses (e.g. no buffer space) is skipped: to the
+    /// initiator it is a lost frame, sent again when its timer runs out.
+    pub fn send_batch(&self, batch: &mut TxBatch) {
+        let frames = batch.starts.len();
+        batch.msgs.clear();
+        for (k, &start) in batch.starts.iter().enumerate() {
+            let end = batch
+                .starts
+                .get(k + 1)
+                .copied()
+                .unwrap_or(batch.iovecs.len());
+            // The header's address is only fixed now that no more headers will be pushed.
+            batch.iovecs[start].iov_base = batch.headers[k].as_mut_ptr().cast();
+            // SAFETY: mmsghdr is plain data; zeroed is a valid starting value.
+            let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            msg.msg_hdr.msg_iov = batch.iovecs[start..].as_mut_ptr();
+            msg.msg_hdr.msg_iovlen = end - start;
+            batch.msgs.push(msg);
+        }
+        let mut sent = 0;
+        while sent < frames {
+            let rest = &mut batch.msgs[sent..];
+            // SAFETY: every message points at iovecs in `batch` (headers we own, and guest
+            // memory the caller keeps mapped until the batch is sent); the socket is bound,
+            // so no address is needed.
+            let n = unsafe {
+                libc::sendmmsg(self.fd.as_raw_fd(), rest.as_mut_ptr(), rest.len() as u32, 0)
+            };
+            if n > 0 {
+                sent += n as usize;
+            } else {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    log::debug!("AoE send failed: {err}");
+                    sent += 1;
+                }
+            }
+        }
+        batch.headers.clear();
+        batch.iovecs.clear();
+        batch.starts.clear();
+    }
+
     /// Receives one frame into `buf`; None when nothing is waiting.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
@@ -186,6 +230,40 @@ impl RawSocket {
             return Err(err);
         }
         Ok(n > 0)
+    }
+}
+
+/// Frames gathered during one round of the engine, to be sent together by
+/// [`RawSocket::send_batch`].
+#[derive(Default)]
+pub struct TxBatch {
+    headers: Vec<[u8; ATA_HEADER_LEN]>,
+    /// Every frame's header iovec followed by its data iovecs.
+    iovecs: Vec<libc::iovec>,
+    /// Where each frame's iovecs start.
+    starts: Vec<usize>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the iovecs point at guest memory the engine keeps mapped until the batch is sent,
+// and at our own headers; the batch is used by one thread at a time.
+unsafe impl Send for TxBatch {}
+
+impl TxBatch {
+    /// Adds a frame made of `header` and then whatever the caller appends to the returned
+    /// list of data iovecs (which must stay valid until the batch is sent).
+    pub fn push(&mut self, header: [u8; ATA_HEADER_LEN]) -> &mut Vec<libc::iovec> {
+        self.starts.push(self.iovecs.len());
+        self.headers.push(header);
+        self.iovecs.push(libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: ATA_HEADER_LEN,
+        });
+        &mut self.iovecs
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
     }
 }
 

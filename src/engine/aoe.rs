@@ -28,7 +28,8 @@ use crate::aoe::frame::{
     ATA_READ_EXT, ATA_STATUS_DF, ATA_STATUS_ERR, ATA_WRITE_EXT, CMD_ATA, FLAG_ERROR, FLAG_RESPONSE,
     SECTOR,
 };
-use crate::aoe::socket::RawSocket;
+use crate::aoe::ring::RxRing;
+use crate::aoe::socket::{RawSocket, TxBatch};
 use crate::iov;
 
 /// What every engine of one AoE disk shares: where the target is and how to talk to it.
@@ -89,9 +90,20 @@ struct Request {
 
 pub struct AoeEngine {
     socket: RawSocket,
-    target: Arc<AoeTarget>,
+    ring: RxRing,
     epoll: Epoll,
     timer: OwnedFd,
+    /// When the timer is set to fire, if it is.
+    armed: Option<Instant>,
+    initiator: Initiator,
+}
+
+/// The protocol state of one engine: requests, their frames, tags, flow control, deadlines.
+/// It never makes a system call; frames to send collect in `tx`.
+struct Initiator {
+    target: Arc<AoeTarget>,
+    /// Our own MAC, the source of every frame.
+    mac: Mac,
     tag_prefix: u32,
     next_tag: u32,
     requests: Vec<Option<Request>>,
@@ -101,18 +113,15 @@ pub struct AoeEngine {
     /// Requests in push order; deadlines are push time + a constant, so the oldest live
     /// request has the earliest deadline.
     by_age: VecDeque<(Instant, usize, u64)>,
-    /// When the timer is set to fire, if it is.
-    armed: Option<Instant>,
     flow: FlowControl,
     done: Vec<Completion>,
-    rx: Vec<u8>,
-    scratch: Vec<libc::iovec>,
+    tx: TxBatch,
 }
 
 // SAFETY: the raw iovec pointers refer to guest memory the worker keeps mapped until the
 // request's completion is reaped (the Engine::push contract); the engine is used by one
 // thread at a time.
-unsafe impl Send for AoeEngine {}
+unsafe impl Send for Initiator {}
 
 const SOCKET_EVENT: u64 = 1;
 const TIMER_EVENT: u64 = 2;
@@ -137,6 +146,9 @@ impl AoeEngine {
     pub fn new(target: Arc<AoeTarget>, id: u8, capacity: u16) -> io::Result<Self> {
         let socket = RawSocket::open(&target.iface)?;
         socket.accept_only_tag_prefix(id)?;
+        let max_window = target.buffer_count.clamp(1, 256);
+        // Room for a full window of replies plus strays (duplicates, late answers).
+        let ring = RxRing::attach(&socket, usize::from(max_window) * 2)?;
         let epoll = Epoll::new()?;
         let timer = timerfd()?;
         epoll.ctl(
@@ -149,12 +161,9 @@ impl AoeEngine {
             timer.as_raw_fd(),
             EpollEvent::new(EventSet::IN, TIMER_EVENT),
         )?;
-        let flow = FlowControl::new(target.buffer_count.min(256));
-        Ok(AoeEngine {
-            socket,
+        let initiator = Initiator {
+            mac: socket.mac,
             target,
-            epoll,
-            timer,
             tag_prefix: u32::from(id) << 24,
             next_tag: 0,
             requests: (0..capacity).map(|_| None).collect(),
@@ -162,14 +171,70 @@ impl AoeEngine {
             queued: VecDeque::new(),
             outstanding: Vec::new(),
             by_age: VecDeque::new(),
-            armed: None,
-            flow,
+            flow: FlowControl::new(max_window),
             done: Vec::new(),
-            rx: vec![0u8; 65536],
-            scratch: Vec::new(),
+            tx: TxBatch::default(),
+        };
+        Ok(AoeEngine {
+            socket,
+            ring,
+            epoll,
+            timer,
+            armed: None,
+            initiator,
         })
     }
 
+    /// Makes sure the timer fires by the next retransmission or deadline. It may fire early
+    /// (then reap re-arms it); re-arming only when the next event moved earlier keeps the
+    /// common path free of system calls.
+    fn arm_timer(&mut self) -> io::Result<()> {
+        let next = self.initiator.next_event();
+        let now = Instant::now();
+        match (next, self.armed) {
+            (Some(next), Some(armed)) if armed <= next && armed > now => return Ok(()),
+            (None, None) => return Ok(()),
+            _ => {}
+        }
+        self.armed = next;
+        let value = match next {
+            // A zero value would disarm the timer; fire at least a microsecond from now.
+            Some(t) => t
+                .saturating_duration_since(now)
+                .max(Duration::from_micros(1)),
+            None => Duration::ZERO,
+        };
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: value.as_secs() as libc::time_t,
+                tv_nsec: value.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec; a null old-value pointer is allowed.
+        if unsafe { libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
+            < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sends what this round queued and sets the timer for what is now outstanding. Must
+    /// run before completions are handed out: queued write frames point at guest memory.
+    fn flush(&mut self) -> io::Result<()> {
+        self.initiator.fill_window();
+        if !self.initiator.tx.is_empty() {
+            self.socket.send_batch(&mut self.initiator.tx);
+        }
+        self.arm_timer()
+    }
+}
+
+impl Initiator {
     fn fresh_tag(&mut self) -> u32 {
         self.next_tag = (self.next_tag + 1) & 0x00ff_ffff;
         self.tag_prefix | self.next_tag
@@ -179,13 +244,13 @@ impl AoeEngine {
         self.done.push(Completion { token, result });
     }
 
-    /// Sends `piece` with a fresh tag.
+    /// Queues `piece` for sending with a fresh tag.
     fn transmit(&mut self, piece: Piece, retries: u32) {
         let tag = self.fresh_tag();
         let t = &*self.target;
         let header = Header {
             dst: t.mac,
-            src: self.socket.mac,
+            src: self.mac,
             flags: 0,
             error: 0,
             shelf: t.shelf,
@@ -220,32 +285,18 @@ impl AoeEngine {
         };
         let mut head = [0u8; ATA_HEADER_LEN];
         frame::encode_ata(&mut head, &header, &arg);
-        self.scratch.clear();
-        self.scratch.push(libc::iovec {
-            iov_base: head.as_mut_ptr().cast(),
-            iov_len: head.len(),
-        });
+        let data = self.tx.push(head);
         if piece.kind == Kind::Write {
             let req = self.requests[piece.req].as_ref().expect("live request");
-            // SAFETY: the push contract keeps the request's iovecs valid until completion.
+            // SAFETY: the push contract keeps the request's iovecs valid until completion,
+            // and the engine sends the batch before it hands out any completion.
             let iovs = unsafe { std::slice::from_raw_parts(req.iov, req.iovcnt) };
             iov::subrange(
                 iovs,
                 piece.byte_off,
                 usize::from(piece.sectors) * SECTOR,
-                &mut self.scratch,
+                data,
             );
-        }
-        // SAFETY: `scratch` holds our header and slices of guest memory that stay valid.
-        let parts = unsafe {
-            std::slice::from_raw_parts(
-                self.scratch.as_ptr().cast::<io::IoSlice>(),
-                self.scratch.len(),
-            )
-        };
-        if let Err(e) = self.socket.send(parts) {
-            // Treated like a lost frame: the timer sends it again.
-            log::debug!("AoE send failed: {e}");
         }
         let now = Instant::now();
         self.outstanding.push(Sent {
@@ -304,9 +355,9 @@ impl AoeEngine {
         });
     }
 
-    fn handle_reply(&mut self, n: usize) {
+    fn handle_reply(&mut self, reply: &[u8]) {
         let t = &*self.target;
-        let Ok(Frame::Ata { header, arg, data }) = frame::parse(&self.rx[..n]) else {
+        let Ok(Frame::Ata { header, arg, data }) = frame::parse(reply) else {
             return;
         };
         if header.flags & FLAG_RESPONSE == 0
@@ -388,51 +439,10 @@ impl AoeEngine {
         }
     }
 
-    /// Makes sure the timer fires by the next retransmission or deadline. It may fire early
-    /// (then reap re-arms it); re-arming only when the next event moved earlier keeps the
-    /// common path free of system calls.
-    fn arm_timer(&mut self) -> io::Result<()> {
-        let oldest = self.oldest().map(|(deadline, _)| deadline);
-        let next = self.outstanding.iter().map(|s| s.due).chain(oldest).min();
-        let now = Instant::now();
-        match (next, self.armed) {
-            (Some(next), Some(armed)) if armed <= next && armed > now => return Ok(()),
-            (None, None) => return Ok(()),
-            _ => {}
-        }
-        self.armed = next;
-        let value = match next {
-            // A zero value would disarm the timer; fire at least a microsecond from now.
-            Some(t) => t
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_micros(1)),
-            None => Duration::ZERO,
-        };
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: value.as_secs() as libc::time_t,
-                tv_nsec: value.subsec_nanos() as libc::c_long,
-            },
-        };
-        // SAFETY: `spec` is a valid itimerspec; a null old-value pointer is allowed.
-        if unsafe { libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
-            < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-impl Engine for AoeEngine {
-    fn completion_fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
-    }
-
+    /// Takes a request apart into frame-sized pieces, queued for sending.
+    ///
+    /// # Safety
+    /// As [`Engine::push`]: the iovecs stay valid until the request's completion is reaped.
     unsafe fn push(&mut self, token: u64, op: IoOp) {
         let (kind, offset, iov, iovcnt) = match op {
             IoOp::Read {
@@ -507,9 +517,25 @@ impl Engine for AoeEngine {
         }
     }
 
+    /// When the timer must fire next: the earliest retransmission or request deadline.
+    fn next_event(&mut self) -> Option<Instant> {
+        let oldest = self.oldest().map(|(deadline, _)| deadline);
+        self.outstanding.iter().map(|s| s.due).chain(oldest).min()
+    }
+}
+
+impl Engine for AoeEngine {
+    fn completion_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    unsafe fn push(&mut self, token: u64, op: IoOp) {
+        // SAFETY: the caller upholds the same contract.
+        unsafe { self.initiator.push(token, op) }
+    }
+
     fn submit(&mut self) -> io::Result<()> {
-        self.fill_window();
-        self.arm_timer()
+        self.flush()
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
@@ -520,13 +546,12 @@ impl Engine for AoeEngine {
             unsafe { libc::read(self.timer.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
             self.armed = None;
         }
-        while let Some(n) = self.socket.recv(&mut self.rx)? {
-            self.handle_reply(n);
+        while let Some(reply) = self.ring.pop() {
+            self.initiator.handle_reply(&reply);
         }
-        self.handle_timeouts();
-        self.fill_window();
-        self.arm_timer()?;
-        out.append(&mut self.done);
+        self.initiator.handle_timeouts();
+        self.flush()?;
+        out.append(&mut self.initiator.done);
         Ok(())
     }
 }
