@@ -5,7 +5,9 @@
 //! submitted at once. Completions come back on the engine's eventfd, which the thread polls in
 //! the same epoll set as the kick. Finished requests get their status byte and a used-ring
 //! entry, and the guest is signalled once per batch — and only if the event index (or the
-//! no-interrupt flag) says it wants to be.
+//! no-interrupt flag) says it wants to be. An engine that will call back soon anyway (see
+//! [`Engine::calls_back_soon`]) lets the worker leave kicks off and look at the avail ring
+//! then, which saves the thread a wake-up per batch.
 //!
 //! In-flight requests live in a slot table indexed by descriptor head: a head is unique among
 //! the chains the guest has made available, so the table never needs more than queue-size
@@ -114,6 +116,9 @@ pub struct QueueWorker {
     /// The vring this worker serves, remembered from its first event so that in-flight I/O
     /// can be completed into it when the queue is stopped from the control thread.
     vring: Option<VringRwLock>,
+    /// Guest kicks are off because the engine will call back soon (see
+    /// [`Engine::calls_back_soon`]); the avail ring is looked at then.
+    kicks_off: bool,
 }
 
 impl QueueWorker {
@@ -135,6 +140,7 @@ impl QueueWorker {
             completions: Vec::with_capacity(usize::from(queue_size)),
             finished: Vec::with_capacity(usize::from(queue_size)),
             vring: None,
+            kicks_off: false,
         }
     }
 
@@ -154,6 +160,10 @@ impl QueueWorker {
     /// configured).
     pub fn on_completion(&mut self, vring: &VringRwLock) {
         self.vring.get_or_insert_with(|| vring.clone());
+        if self.kicks_off && self.config.poll.is_none() {
+            // We told the guest not to kick, promising to look when the engine called back.
+            return self.serve(vring, Reaper::Reap);
+        }
         self.reap(Reaper::Reap);
         if self.finished.is_empty() {
             return;
@@ -175,17 +185,20 @@ impl QueueWorker {
             let mut state = vring.get_mut();
             loop {
                 self.take_available(&mut state, &mem);
+                self.submit_and_publish(&mut state, &mem, reaper);
+                self.kicks_off = self.engine.calls_back_soon();
+                if self.kicks_off {
+                    return;
+                }
                 match state.enable_notification() {
                     Ok(true) => continue,
-                    Ok(false) => break,
+                    Ok(false) => return,
                     Err(e) => {
                         log::warn!("queue {}: cannot enable notifications: {e}", self.index);
-                        break;
+                        return;
                     }
                 }
             }
-            self.submit_and_publish(&mut state, &mem, reaper);
-            return;
         };
         let mut idle_since = Instant::now();
         loop {

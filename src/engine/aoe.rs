@@ -2,16 +2,22 @@
 //!
 //! Each queue's engine owns its socket, its tag space (the top byte of every tag is the
 //! engine's id, and a socket filter lets only that engine's replies through, so one queue's
-//! traffic never wakes another) and a timer. Socket and timer sit in a small epoll set whose fd is the engine's
-//! completion fd, so the queue thread waits on guest kicks, replies and retransmission
-//! deadlines in one epoll — no extra thread, no signals (vblade's AIO lesson).
+//! traffic never wakes another) and its timers. Socket and timers sit in a small epoll set
+//! whose fd is the engine's completion fd, so the queue thread waits on guest kicks, replies
+//! and retransmission deadlines in one epoll — no extra thread, no signals (vblade's AIO
+//! lesson).
 //!
-//! A request is split into frames of at most `sectors_per_frame` sectors. Writes are sent
-//! straight from guest memory (the frame is gathered by sendmsg); read replies are copied into
-//! guest memory at their offset. Frames are released as the congestion window allows; a frame
-//! that times out is sent again with a fresh tag after a backed-off RTO, and a request still
-//! unanswered at its deadline fails with EIO. Only replies that match an outstanding tag, come
-//! from the target's MAC and carry its shelf.slot are accepted.
+//! A request is split into frames of at most `sectors_per_frame` sectors. The frames a round
+//! releases go out in one `sendmmsg`, writes gathered straight from guest memory; replies are
+//! read in place from the socket's mapped receive ring ([`crate::aoe::ring`]) and read data
+//! copied into guest memory at its offset. Frames are released as the congestion window
+//! allows; a frame that times out is sent again with a fresh tag after a backed-off RTO, and
+//! a request still unanswered at its deadline fails with EIO. Only replies that match an
+//! outstanding tag, come from the target's MAC and carry its shelf.slot are accepted.
+//!
+//! While many frames are out, replies are gathered on a timer instead of waking the thread
+//! for each ([`FlowControl::gather_delay`]); the worker then keeps guest kicks off too and
+//! looks at the avail ring when the timer fires ([`Engine::calls_back_soon`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -92,9 +98,12 @@ pub struct AoeEngine {
     socket: RawSocket,
     ring: RxRing,
     epoll: Epoll,
-    timer: OwnedFd,
-    /// When the timer is set to fire, if it is.
-    armed: Option<Instant>,
+    /// Fires at the next retransmission or request deadline.
+    retransmit: Timer,
+    /// Fires when replies gathered long enough (see [`FlowControl::gather_delay`]); while it
+    /// runs, the socket is left out of the epoll set.
+    gather: Timer,
+    gathering: bool,
     initiator: Initiator,
 }
 
@@ -124,21 +133,70 @@ struct Initiator {
 unsafe impl Send for Initiator {}
 
 const SOCKET_EVENT: u64 = 1;
-const TIMER_EVENT: u64 = 2;
+const RETRANSMIT_EVENT: u64 = 2;
+const GATHER_EVENT: u64 = 3;
 
-fn timerfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain timerfd_create; the fd is owned below.
-    let fd = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// A timerfd and when it is set to fire.
+struct Timer {
+    fd: OwnedFd,
+    armed: Option<Instant>,
+}
+
+impl Timer {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain timerfd_create; the fd is owned below.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Timer { fd, armed: None })
     }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+
+    /// Sets the timer to fire at `at`, or disarms it.
+    fn set(&mut self, at: Option<Instant>, now: Instant) -> io::Result<()> {
+        self.armed = at;
+        let value = match at {
+            // A zero value would disarm the timer; fire at least a microsecond from now.
+            Some(t) => t
+                .saturating_duration_since(now)
+                .max(Duration::from_micros(1)),
+            None => Duration::ZERO,
+        };
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: value.as_secs() as libc::time_t,
+                tv_nsec: value.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec; a null old-value pointer is allowed.
+        if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// If the timer has fired, consumes the expiry (it is level-triggered in the epoll set)
+    /// and leaves the timer disarmed.
+    fn clear_if_fired(&mut self, now: Instant) {
+        if self.armed.is_some_and(|t| t <= now) {
+            let mut expirations = [0u8; 8];
+            // SAFETY: reading 8 bytes into our buffer; EAGAIN (not quite due) is fine.
+            unsafe { libc::read(self.fd.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
+            self.armed = None;
+        }
+    }
 }
 
 impl AoeEngine {
@@ -150,17 +208,19 @@ impl AoeEngine {
         // Room for a full window of replies plus strays (duplicates, late answers).
         let ring = RxRing::attach(&socket, usize::from(max_window) * 2)?;
         let epoll = Epoll::new()?;
-        let timer = timerfd()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            socket.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, SOCKET_EVENT),
-        )?;
-        epoll.ctl(
-            ControlOperation::Add,
-            timer.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TIMER_EVENT),
-        )?;
+        let retransmit = Timer::new()?;
+        let gather = Timer::new()?;
+        for (fd, event) in [
+            (socket.as_raw_fd(), SOCKET_EVENT),
+            (retransmit.fd.as_raw_fd(), RETRANSMIT_EVENT),
+            (gather.fd.as_raw_fd(), GATHER_EVENT),
+        ] {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, event),
+            )?;
+        }
         let initiator = Initiator {
             mac: socket.mac,
             target,
@@ -179,8 +239,9 @@ impl AoeEngine {
             socket,
             ring,
             epoll,
-            timer,
-            armed: None,
+            retransmit,
+            gather,
+            gathering: false,
             initiator,
         })
     }
@@ -188,37 +249,41 @@ impl AoeEngine {
     /// Makes sure the timer fires by the next retransmission or deadline. It may fire early
     /// (then reap re-arms it); re-arming only when the next event moved earlier keeps the
     /// common path free of system calls.
-    fn arm_timer(&mut self) -> io::Result<()> {
+    fn arm_retransmit(&mut self) -> io::Result<()> {
         let next = self.initiator.next_event();
         let now = Instant::now();
-        match (next, self.armed) {
-            (Some(next), Some(armed)) if armed <= next && armed > now => return Ok(()),
-            (None, None) => return Ok(()),
-            _ => {}
+        match (next, self.retransmit.armed) {
+            (Some(next), Some(armed)) if armed <= next && armed > now => Ok(()),
+            (None, None) => Ok(()),
+            _ => self.retransmit.set(next, now),
         }
-        self.armed = next;
-        let value = match next {
-            // A zero value would disarm the timer; fire at least a microsecond from now.
-            Some(t) => t
-                .saturating_duration_since(now)
-                .max(Duration::from_micros(1)),
-            None => Duration::ZERO,
-        };
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: value.as_secs() as libc::time_t,
-                tv_nsec: value.subsec_nanos() as libc::c_long,
-            },
-        };
-        // SAFETY: `spec` is a valid itimerspec; a null old-value pointer is allowed.
-        if unsafe { libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
-            < 0
-        {
-            return Err(io::Error::last_os_error());
+    }
+
+    /// Decides how the engine waits for the next replies: woken by each one, or by the
+    /// gather timer with the socket out of the epoll set meanwhile.
+    fn choose_wait(&mut self) -> io::Result<()> {
+        let initiator = &self.initiator;
+        let delay =
+            (initiator.flow).gather_delay(initiator.outstanding.len(), initiator.queued.len());
+        if let Some(delay) = delay {
+            if self.gather.armed.is_none() {
+                let now = Instant::now();
+                self.gather.set(Some(now + delay), now)?;
+            }
+        }
+        // A gather timer still running after we stop gathering fires once more, harmlessly.
+        if delay.is_some() != self.gathering {
+            self.gathering = delay.is_some();
+            let events = if self.gathering {
+                EventSet::empty()
+            } else {
+                EventSet::IN
+            };
+            self.epoll.ctl(
+                ControlOperation::Modify,
+                self.socket.as_raw_fd(),
+                EpollEvent::new(events, SOCKET_EVENT),
+            )?;
         }
         Ok(())
     }
@@ -230,7 +295,7 @@ impl AoeEngine {
         if !self.initiator.tx.is_empty() {
             self.socket.send_batch(&mut self.initiator.tx);
         }
-        self.arm_timer()
+        self.arm_retransmit()
     }
 }
 
@@ -529,6 +594,10 @@ impl Engine for AoeEngine {
         self.epoll.as_raw_fd()
     }
 
+    fn calls_back_soon(&self) -> bool {
+        self.gathering
+    }
+
     unsafe fn push(&mut self, token: u64, op: IoOp) {
         // SAFETY: the caller upholds the same contract.
         unsafe { self.initiator.push(token, op) }
@@ -539,18 +608,15 @@ impl Engine for AoeEngine {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        if self.armed.is_some_and(|t| t <= Instant::now()) {
-            // The timer fired: reset it (level-triggered in our epoll) before handling it.
-            let mut expirations = [0u8; 8];
-            // SAFETY: reading 8 bytes into our buffer; EAGAIN is fine.
-            unsafe { libc::read(self.timer.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
-            self.armed = None;
-        }
+        let now = Instant::now();
+        self.retransmit.clear_if_fired(now);
+        self.gather.clear_if_fired(now);
         while let Some(reply) = self.ring.pop() {
             self.initiator.handle_reply(&reply);
         }
         self.initiator.handle_timeouts();
         self.flush()?;
+        self.choose_wait()?;
         out.append(&mut self.initiator.done);
         Ok(())
     }
