@@ -419,42 +419,35 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<PathBuf, String> {
             Peer::Native => Ok(None),
             _ => start_daemon(config, opts, &work, &daemon_cpus).map(Some),
         };
+        // What each run of this configuration drives and watches, or why it cannot run.
+        let setup = daemon.as_ref().map(|daemon| match daemon {
+            None => (Target::Native(opts.disk.clone()), Watched::default()),
+            Some(d) => {
+                let watched = Watched {
+                    daemon: Some(d.pid),
+                    target: None,
+                };
+                (Target::Socket(d.socket.clone()), watched)
+            }
+        });
         // Dropping caches syncs the whole machine; the disk can stay busy for seconds after.
         // A discarded warm-up run absorbs that before anything is recorded.
-        if let (Ok(daemon), Some(first)) = (&daemon, grid.first()) {
+        if let (Ok((target, _)), Some(first)) = (&setup, grid.first()) {
             progress.set_message(format!("{}: warm-up", config.label()));
             let warm_up = Workload {
                 seconds: opts.seconds.max(1.0),
                 ramp: 0.0,
                 ..first.clone()
             };
-            let target = match daemon {
-                None => Target::Native(opts.disk.clone()),
-                Some(d) => Target::Socket(d.socket.clone()),
-            };
-            let _ = run(&target, &warm_up, Watched::default(), &load_cpus);
+            let _ = run(target, &warm_up, Watched::default(), &load_cpus);
         }
         for w in &grid {
             progress.set_message(format!("{}: {}", config.label(), w.label()));
-            let result = match &daemon {
-                Err(e) => Err(e.clone()),
-                Ok(None) => run(
-                    &Target::Native(opts.disk.clone()),
-                    w,
-                    Watched::default(),
-                    &load_cpus,
-                )
-                .map_err(|e| e.to_string()),
-                Ok(Some(d)) => run(
-                    &Target::Socket(d.socket.clone()),
-                    w,
-                    Watched {
-                        daemon: Some(d.pid),
-                        target: None,
-                    },
-                    &load_cpus,
-                )
-                .map_err(|e| e.to_string()),
+            let result = match &setup {
+                Err(e) => Err((*e).clone()),
+                Ok((target, watched)) => {
+                    run(target, w, *watched, &load_cpus).map_err(|e| e.to_string())
+                }
             };
             let result = result.and_then(|r| {
                 if r.errors > 0 {
