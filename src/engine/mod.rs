@@ -105,9 +105,6 @@ pub trait Engine: Send {
     /// Appends every finished operation to `out`, without blocking.
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()>;
 
-    /// Like [`Engine::reap`], for a busy-polling worker: avoids system calls where the
-    /// mechanism allows and leaves the eventfd alone (it may stay readable; the next `reap`
-    /// resets it).
     /// Whether the completion fd is certain to fire again soon even if no I/O finishes (the
     /// AoE engine while it gathers replies on a timer). The worker then leaves guest kicks
     /// off and looks at the avail ring when it fires: one wake-up instead of two.
@@ -115,6 +112,9 @@ pub trait Engine: Send {
         false
     }
 
+    /// Like [`Engine::reap`], for a busy-polling worker: avoids system calls where the
+    /// mechanism allows and leaves the eventfd alone (it may stay readable; the next `reap`
+    /// resets it).
     fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         self.reap(out)
     }
