@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::socket::{cvt, RawSocket};
+use super::socket::RawSocket;
 
 /// Room for the slot header (tpacket2_hdr, sockaddr_ll, alignment) in front of the frame.
 const SLOT_OVERHEAD: usize = 128;
@@ -38,18 +38,8 @@ impl RxRing {
     /// Puts a ring of at least `slots` slots, each big enough for a frame at the interface's
     /// MTU, on `socket`. Frames that were queued on the socket before it are discarded.
     pub fn attach(socket: &RawSocket, slots: usize) -> io::Result<Self> {
-        let fd = socket.as_raw_fd();
         let version = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
-        // SAFETY: setsockopt reads one c_int from a live local.
-        cvt(unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_VERSION,
-                (&version as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        })?;
+        socket.set_option(libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
         // A slot holds the header plus the largest frame; a block (the kernel's unit of
         // allocation) is a whole number of pages and of slots.
         let slot_size = (socket.mtu + libc::ETH_HLEN as usize + SLOT_OVERHEAD).next_power_of_two();
@@ -63,25 +53,16 @@ impl RxRing {
             tp_frame_size: slot_size as u32,
             tp_frame_nr: slots as u32,
         };
-        // SAFETY: setsockopt reads one tpacket_req from a live local.
-        cvt(unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_RX_RING,
-                (&req as *const libc::tpacket_req).cast(),
-                std::mem::size_of::<libc::tpacket_req>() as u32,
-            )
-        })?;
+        socket.set_option(libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
         let map_len = blocks * block_size;
-        // SAFETY: maps the ring just configured on `fd`; the result is checked below.
+        // SAFETY: maps the ring just configured on the socket; the result is checked below.
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                fd,
+                socket.as_raw_fd(),
                 0,
             )
         };
@@ -97,22 +78,21 @@ impl RxRing {
         };
         // Frames that reached the socket's queue before the ring existed would keep it
         // readable for ever (poll reports the queue as well as the ring).
-        let mut scratch = [0u8; 64];
-        while socket.recv(&mut scratch)?.is_some() {}
+        socket.discard_queued()?;
         Ok(ring)
     }
 
+    /// Where slot `slot` (< `self.slots`) starts in the mapping.
+    fn slot_start(&self, slot: usize) -> *mut u8 {
+        debug_assert!(slot < self.slots);
+        // SAFETY: slot < slots, so the offset stays inside the mapping.
+        unsafe { self.map.as_ptr().add(slot * self.slot_size) }
+    }
+
     fn status(&self, slot: usize) -> &AtomicU32 {
-        // SAFETY: `slot < self.slots`, so the slot lies inside the mapping; every slot starts
-        // with the u32 status word (page- or slot-aligned, so aligned for an AtomicU32), and
-        // the kernel only ever accesses it atomically too.
-        unsafe {
-            &*self
-                .map
-                .as_ptr()
-                .add(slot * self.slot_size)
-                .cast::<AtomicU32>()
-        }
+        // SAFETY: every slot starts with the u32 status word (page- or slot-aligned, so
+        // aligned for an AtomicU32), and the kernel only ever accesses it atomically too.
+        unsafe { &*self.slot_start(slot).cast::<AtomicU32>() }
     }
 
     /// The oldest frame the kernel has filled and we have not handed back, if any.
@@ -122,22 +102,15 @@ impl RxRing {
         if self.status(slot).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
             return None;
         }
-        // SAFETY: the slot is ours (status USER) and inside the mapping; its header is a
-        // tpacket2_hdr written by the kernel.
-        let header = unsafe {
-            self.map
-                .as_ptr()
-                .add(slot * self.slot_size)
-                .cast::<libc::tpacket2_hdr>()
-                .read()
-        };
-        let start = usize::from(header.tp_mac);
-        let len = (header.tp_snaplen as usize).min(self.slot_size.saturating_sub(start));
-        // SAFETY: start + len stays inside the slot (clamped above), and the kernel leaves the
+        let start = self.slot_start(slot);
+        // SAFETY: the slot is ours (status USER); its header is a tpacket2_hdr written by the
+        // kernel.
+        let header = unsafe { start.cast::<libc::tpacket2_hdr>().read() };
+        let offset = usize::from(header.tp_mac).min(self.slot_size);
+        let len = (header.tp_snaplen as usize).min(self.slot_size - offset);
+        // SAFETY: offset + len stays inside the slot (clamped above), and the kernel leaves the
         // slot alone until we hand it back in RxFrame's drop, which ends this borrow.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(self.map.as_ptr().add(slot * self.slot_size + start), len)
-        };
+        let bytes = unsafe { std::slice::from_raw_parts(start.add(offset), len) };
         Some(RxFrame {
             ring: self,
             slot,

@@ -14,7 +14,7 @@ pub struct RawSocket {
     pub mtu: usize,
 }
 
-pub(super) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -115,23 +115,36 @@ impl RawSocket {
             len: program.len() as u16,
             filter: program.as_ptr() as *mut libc::sock_filter,
         };
-        // SAFETY: `fprog` points at a valid program that outlives the call (the kernel copies it).
+        // The kernel copies the program, so `fprog` need only live through the call.
+        self.set_option(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)?;
+        // Frames that arrived before the filter was attached may still be queued.
+        self.discard_queued()
+    }
+
+    /// Sets a socket option whose value is the plain-data `value`.
+    pub(super) fn set_option<T>(&self, level: i32, name: i32, value: &T) -> io::Result<()> {
+        // SAFETY: setsockopt reads size_of::<T>() bytes from `value`, a live reference; the
+        // callers pass the kernel's own structures (or a c_int) for the option they name.
         cvt(unsafe {
             libc::setsockopt(
                 self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&fprog as *const libc::sock_fprog).cast(),
-                std::mem::size_of::<libc::sock_fprog>() as u32,
+                level,
+                name,
+                (value as *const T).cast(),
+                std::mem::size_of::<T>() as u32,
             )
         })?;
-        // Frames that arrived before the filter was attached may still be queued; drop them.
+        Ok(())
+    }
+
+    /// Drops every frame waiting in the socket's receive queue.
+    pub(super) fn discard_queued(&self) -> io::Result<()> {
         let mut scratch = [0u8; 64];
         while self.recv(&mut scratch)?.is_some() {}
         Ok(())
     }
 
-    /// Sends one frame made of `parts` (header, then data straight from guest memory).
+    /// Sends one frame made of `parts` (discovery; the engine sends with [`Self::send_batch`]).
     pub fn send(&self, parts: &[IoSlice]) -> io::Result<()> {
         // SAFETY: msghdr is plain data; we point it at `parts`, which outlives the call.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
