@@ -116,9 +116,6 @@ pub struct QueueWorker {
     /// The vring this worker serves, remembered from its first event so that in-flight I/O
     /// can be completed into it when the queue is stopped from the control thread.
     vring: Option<VringRwLock>,
-    /// Guest kicks are off because the engine will call back soon (see
-    /// [`Engine::calls_back_soon`]); the avail ring is looked at then.
-    kicks_off: bool,
 }
 
 impl QueueWorker {
@@ -140,7 +137,6 @@ impl QueueWorker {
             completions: Vec::with_capacity(usize::from(queue_size)),
             finished: Vec::with_capacity(usize::from(queue_size)),
             vring: None,
-            kicks_off: false,
         }
     }
 
@@ -160,8 +156,9 @@ impl QueueWorker {
     /// configured).
     pub fn on_completion(&mut self, vring: &VringRwLock) {
         self.vring.get_or_insert_with(|| vring.clone());
-        if self.kicks_off && self.config.poll.is_none() {
-            // We told the guest not to kick, promising to look when the engine called back.
+        if self.config.poll.is_none() && self.engine.calls_back_soon() {
+            // Guest kicks were left off (see serve), on the promise to look at the avail ring
+            // when the engine called back: this is that call.
             return self.serve(vring, Reaper::Reap);
         }
         self.reap(Reaper::Reap);
@@ -186,9 +183,8 @@ impl QueueWorker {
             loop {
                 self.take_available(&mut state, &mem);
                 self.submit_and_publish(&mut state, &mem, reaper);
-                self.kicks_off = self.engine.calls_back_soon();
-                if self.kicks_off {
-                    return;
+                if self.engine.calls_back_soon() {
+                    return; // kicks stay off: on_completion looks at the ring
                 }
                 match state.enable_notification() {
                     Ok(true) => continue,
