@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::socket::RawSocket;
 
-/// Room for the slot header (tpacket2_hdr, sockaddr_ll, alignment) in front of the frame.
+/// Room for the slot header (tpacket2_hdr, sockaddr_ll, alignment, and the virtio-net header
+/// of a socket that sends linear frames) in front of the frame.
 const SLOT_OVERHEAD: usize = 128;
 const PAGE: usize = 4096;
 

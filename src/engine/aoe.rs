@@ -202,8 +202,9 @@ impl Timer {
 impl AoeEngine {
     /// An engine with tag prefix `id`, opening its own socket on the target's interface.
     pub fn new(target: Arc<AoeTarget>, id: u8, capacity: u16) -> io::Result<Self> {
-        let socket = RawSocket::open(&target.iface)?;
+        let mut socket = RawSocket::open(&target.iface)?;
         socket.accept_only_tag_prefix(id)?;
+        socket.send_linear()?;
         let max_window = target.buffer_count.clamp(1, 256);
         // Room for a full window of replies plus strays (duplicates, late answers).
         let ring = RxRing::attach(&socket, usize::from(max_window) * 2)?;
