@@ -90,11 +90,14 @@ mod tests {
     #[test]
     fn samples_this_process() {
         let a = ProcessSample::read(std::process::id()).unwrap();
+        // Busy for a millisecond of wall time, then yield: the kernel adds a running thread's
+        // time to schedstat only at a tick or a scheduling event, and the yield is one.
+        let start = std::time::Instant::now();
         let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_add(i * i);
+        while start.elapsed() < std::time::Duration::from_millis(1) {
+            x = std::hint::black_box(x.wrapping_add(1));
         }
-        std::hint::black_box(x);
+        std::thread::yield_now();
         let b = ProcessSample::read(std::process::id()).unwrap();
         assert!(b.since(&a).cpu_ns > 0, "{a:?} -> {b:?}");
         assert!(page_cache_bytes().unwrap() > 0);
