@@ -11,12 +11,6 @@ const INITIAL_RTO: Duration = Duration::from_millis(250);
 const MIN_RTO: Duration = Duration::from_millis(5);
 pub const MAX_RTO: Duration = Duration::from_secs(1);
 
-/// Replies are gathered only while at least this many frames are outstanding: then more
-/// replies are due, so no request waits for company that never comes.
-const GATHER_MIN_OUTSTANDING: usize = 8;
-const GATHER_MIN: Duration = Duration::from_micros(10);
-const GATHER_MAX: Duration = Duration::from_micros(250);
-
 #[derive(Debug, Clone)]
 pub struct FlowControl {
     cwnd: f64,
@@ -72,29 +66,6 @@ impl FlowControl {
     pub fn on_timeout(&mut self) {
         self.ssthresh = (self.cwnd / 2.0).max(1.0);
         self.cwnd = 1.0;
-    }
-
-    /// How long to let replies gather before handling them, with `outstanding` frames in
-    /// flight and `waiting` more held back by the window, or None to handle each as it
-    /// arrives.
-    ///
-    /// Every wake-up costs the initiator more than a reply does (on these VMs a sleep and a
-    /// wake are 15–30 µs of CPU time), and a busy target answers frames one after another, so
-    /// waking per reply makes the initiator as expensive as the target. Like a NIC's interrupt
-    /// moderation, the engine instead waits half a round trip — about half the outstanding
-    /// frames come back meanwhile — and takes them in one go. The target still has the other
-    /// half queued, so it never idles (a whole round trip did starve it: throughput halved).
-    ///
-    /// Only while the window is the bottleneck, though (frames are waiting for room in it):
-    /// then a later completion costs nothing, the guest has already given us more work than
-    /// the target can take. Otherwise the guest's queue depth is the limit and a late
-    /// completion is a late next request: at 4 KiB QD8, gathering cost a third of the IOPS.
-    pub fn gather_delay(&self, outstanding: usize, waiting: usize) -> Option<Duration> {
-        if outstanding < GATHER_MIN_OUTSTANDING || waiting == 0 {
-            return None;
-        }
-        let srtt = Duration::from_secs_f64(self.srtt?);
-        Some((srtt / 2).clamp(GATHER_MIN, GATHER_MAX))
     }
 
     /// Retransmission timeout for a frame sent `retries` times before.
@@ -159,26 +130,5 @@ mod tests {
         let mut fast = FlowControl::new(8);
         fast.on_reply(Some(Duration::from_micros(30)));
         assert_eq!(fast.rto(0), MIN_RTO);
-    }
-
-    #[test]
-    fn replies_gather_only_while_many_frames_are_out() {
-        let mut f = FlowControl::new(16);
-        assert_eq!(f.gather_delay(16, 16), None, "no estimate yet");
-        f.on_reply(Some(Duration::from_micros(200)));
-        let few = GATHER_MIN_OUTSTANDING - 1;
-        assert_eq!(f.gather_delay(few, 100), None, "too few frames out");
-        assert_eq!(
-            f.gather_delay(16, 0),
-            None,
-            "the guest's queue depth is the limit"
-        );
-        assert_eq!(f.gather_delay(16, 1), Some(Duration::from_micros(100)));
-        let mut slow = FlowControl::new(16);
-        slow.on_reply(Some(Duration::from_millis(20)));
-        assert_eq!(slow.gather_delay(16, 16), Some(GATHER_MAX));
-        let mut quick = FlowControl::new(16);
-        quick.on_reply(Some(Duration::from_micros(15)));
-        assert_eq!(quick.gather_delay(16, 16), Some(GATHER_MIN));
     }
 }

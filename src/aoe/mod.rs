@@ -2,7 +2,8 @@
 //!
 //! [`frame`] encodes and parses AoE r11 frames, [`socket`] is the raw AF_PACKET socket
 //! (with [`ring`], its memory-mapped receive ring),
-//! [`flow`] the congestion window and RTT estimate, [`discover`] finds a target. The
+//! [`flow`] the congestion window and RTT estimate, [`gather`] when to let replies gather
+//! instead of waking for each, [`discover`] finds a target. The
 //! initiator itself is an I/O engine ([`crate::engine::AoeEngine`]), and the disk backend
 //! that ties them together is [`crate::disk::AoeDisk`]. See docs/aoe.md.
 
@@ -11,6 +12,7 @@ use std::io;
 pub mod discover;
 pub mod flow;
 pub mod frame;
+pub mod gather;
 pub mod ring;
 pub mod socket;
 

@@ -15,9 +15,9 @@
 //! a request still unanswered at its deadline fails with EIO. Only replies that match an
 //! outstanding tag, come from the target's MAC and carry its shelf.slot are accepted.
 //!
-//! While many frames are out, replies are gathered on a timer instead of waking the thread
-//! for each ([`FlowControl::gather_delay`]); the worker then keeps guest kicks off too and
-//! looks at the avail ring when the timer fires ([`Engine::calls_back_soon`]).
+//! While the window is full, replies are gathered on a timer instead of waking the thread
+//! for each ([`crate::aoe::gather`]); the worker then keeps guest kicks off too and looks at
+//! the avail ring when the timer fires ([`Engine::calls_back_soon`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -34,6 +34,7 @@ use crate::aoe::frame::{
     ATA_READ_EXT, ATA_STATUS_DF, ATA_STATUS_ERR, ATA_WRITE_EXT, CMD_ATA, FLAG_ERROR, FLAG_RESPONSE,
     SECTOR,
 };
+use crate::aoe::gather::ReplyGathering;
 use crate::aoe::ring::RxRing;
 use crate::aoe::socket::{RawSocket, TxBatch};
 use crate::iov;
@@ -100,10 +101,12 @@ pub struct AoeEngine {
     epoll: Epoll,
     /// Fires at the next retransmission or request deadline.
     retransmit: Timer,
-    /// Fires when replies gathered long enough (see [`FlowControl::gather_delay`]); while it
-    /// runs, the socket is left out of the epoll set.
+    /// Fires when replies gathered long enough (see [`ReplyGathering`]); while it runs, the
+    /// socket is left out of the epoll set.
     gather: Timer,
     gathering: bool,
+    /// Frames out when the current gathering period began, and replies since.
+    period: GatherPeriod,
     initiator: Initiator,
 }
 
@@ -123,6 +126,7 @@ struct Initiator {
     /// request has the earliest deadline.
     by_age: VecDeque<(Instant, usize, u64)>,
     flow: FlowControl,
+    gathering: ReplyGathering,
     done: Vec<Completion>,
     tx: TxBatch,
 }
@@ -131,6 +135,12 @@ struct Initiator {
 // request's completion is reaped (the Engine::push contract); the engine is used by one
 // thread at a time.
 unsafe impl Send for Initiator {}
+
+#[derive(Default)]
+struct GatherPeriod {
+    outstanding: usize,
+    answered: usize,
+}
 
 const SOCKET_EVENT: u64 = 1;
 const RETRANSMIT_EVENT: u64 = 2;
@@ -187,15 +197,17 @@ impl Timer {
         Ok(())
     }
 
-    /// If the timer has fired, consumes the expiry (it is level-triggered in the epoll set)
-    /// and leaves the timer disarmed.
-    fn clear_if_fired(&mut self, now: Instant) {
-        if self.armed.is_some_and(|t| t <= now) {
-            let mut expirations = [0u8; 8];
-            // SAFETY: reading 8 bytes into our buffer; EAGAIN (not quite due) is fine.
-            unsafe { libc::read(self.fd.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
-            self.armed = None;
+    /// If the timer has fired, consumes the expiry (it is level-triggered in the epoll set),
+    /// leaves the timer disarmed and says so.
+    fn clear_if_fired(&mut self, now: Instant) -> bool {
+        if !self.armed.is_some_and(|t| t <= now) {
+            return false;
         }
+        let mut expirations = [0u8; 8];
+        // SAFETY: reading 8 bytes into our buffer; EAGAIN (not quite due) is fine.
+        unsafe { libc::read(self.fd.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
+        self.armed = None;
+        true
     }
 }
 
@@ -233,6 +245,7 @@ impl AoeEngine {
             outstanding: Vec::new(),
             by_age: VecDeque::new(),
             flow: FlowControl::new(max_window),
+            gathering: ReplyGathering::default(),
             done: Vec::new(),
             tx: TxBatch::default(),
         };
@@ -243,6 +256,7 @@ impl AoeEngine {
             retransmit,
             gather,
             gathering: false,
+            period: GatherPeriod::default(),
             initiator,
         })
     }
@@ -264,12 +278,21 @@ impl AoeEngine {
     /// gather timer with the socket out of the epoll set meanwhile.
     fn choose_wait(&mut self) -> io::Result<()> {
         let initiator = &self.initiator;
-        let delay =
-            (initiator.flow).gather_delay(initiator.outstanding.len(), initiator.queued.len());
+        let outstanding = initiator.outstanding.len();
+        let delay = initiator.gathering.delay(
+            outstanding,
+            initiator.queued.len(),
+            initiator.flow.window(),
+            self.gathering,
+        );
         if let Some(delay) = delay {
             if self.gather.armed.is_none() {
                 let now = Instant::now();
                 self.gather.set(Some(now + delay), now)?;
+                self.period = GatherPeriod {
+                    outstanding,
+                    answered: 0,
+                };
             }
         }
         // A gather timer still running after we stop gathering fires once more, harmlessly.
@@ -611,9 +634,17 @@ impl Engine for AoeEngine {
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         let now = Instant::now();
         self.retransmit.clear_if_fired(now);
-        self.gather.clear_if_fired(now);
+        let period_over = self.gather.clear_if_fired(now);
         while let Some(reply) = self.ring.pop() {
             self.initiator.handle_reply(&reply);
+            self.period.answered += 1;
+        }
+        if period_over {
+            let GatherPeriod {
+                outstanding,
+                answered,
+            } = std::mem::take(&mut self.period);
+            self.initiator.gathering.period_ended(answered, outstanding);
         }
         self.initiator.handle_timeouts();
         self.flush()?;

@@ -1,0 +1,119 @@
+//! Reply gathering: interrupt moderation for the AoE initiator.
+//!
+//! Every wake-up costs the initiator more than a reply does (on these VMs a sleep and a wake
+//! are 15–30 µs of CPU time), and a busy target answers frames one after another, so waking
+//! per reply makes the initiator as expensive as the target. Like a NIC's interrupt
+//! moderation, the engine instead leaves the socket alone for a while and takes what arrived
+//! in one go.
+//!
+//! How long? The target works through its queue of outstanding frames one at a time; the
+//! engine should come back while the target still has work, or it idles (throughput falls),
+//! but as late as possible, or it wakes for little. Round-trip estimates are no guide: a reply
+//! waits in the ring while we gather, so the RTT we measure grows with the gathering itself.
+//! Instead the delay steers by what each period found: if every frame that was out came
+//! back, the target may have run dry, so the next period is shorter; if fewer than three
+//! quarters did, it is longer. (Aiming at about half cost some 15 % more initiator CPU per
+//! 4 KiB write for no more throughput.)
+//!
+//! When? Only while the window is the bottleneck: gathering starts when frames wait for room
+//! in a full window, and goes on while the window stays full (the guest then has its next
+//! requests ready; the worker picks them up when the period ends). Otherwise the guest's
+//! queue depth is the limit and a late completion is a late next request: at 4 KiB QD8,
+//! gathering cost a third of the IOPS.
+
+use std::time::Duration;
+
+/// Replies are gathered only while at least this many frames are outstanding: then more
+/// replies are due, so no request waits for company that never comes.
+const MIN_OUTSTANDING: usize = 8;
+const MIN_DELAY: Duration = Duration::from_micros(10);
+const MAX_DELAY: Duration = Duration::from_micros(250);
+const INITIAL_DELAY: Duration = Duration::from_micros(50);
+
+#[derive(Debug, Clone)]
+pub struct ReplyGathering {
+    delay: Duration,
+}
+
+impl Default for ReplyGathering {
+    fn default() -> Self {
+        ReplyGathering {
+            delay: INITIAL_DELAY,
+        }
+    }
+}
+
+impl ReplyGathering {
+    /// How long to let replies gather, with `outstanding` frames in flight in a window of
+    /// `window`, `waiting` more held back by it, and `gathering` telling whether the last
+    /// period is still going on; None to handle each reply as it arrives.
+    pub fn delay(
+        &self,
+        outstanding: usize,
+        waiting: usize,
+        window: usize,
+        gathering: bool,
+    ) -> Option<Duration> {
+        let window_bound = waiting > 0 || (gathering && outstanding >= window);
+        (outstanding >= MIN_OUTSTANDING && window_bound).then_some(self.delay)
+    }
+
+    /// A gathering period ended with `answered` replies to the `outstanding` frames that were
+    /// out when it began.
+    pub fn period_ended(&mut self, answered: usize, outstanding: usize) {
+        if answered >= outstanding {
+            // The target may have idled: come back sooner.
+            self.delay = (self.delay * 3 / 4).max(MIN_DELAY);
+        } else if answered * 4 < outstanding * 3 {
+            self.delay = (self.delay * 9 / 8).min(MAX_DELAY);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gathers_only_while_the_window_is_the_bottleneck() {
+        let g = ReplyGathering::default();
+        let few = MIN_OUTSTANDING - 1;
+        assert_eq!(g.delay(few, 100, few, false), None, "too few frames out");
+        assert_eq!(
+            g.delay(16, 0, 16, false),
+            None,
+            "nothing waits: the guest's queue depth is the limit"
+        );
+        assert_eq!(g.delay(16, 1, 16, false), Some(INITIAL_DELAY));
+        assert_eq!(
+            g.delay(16, 0, 16, true),
+            Some(INITIAL_DELAY),
+            "a full window keeps a period going"
+        );
+        assert_eq!(g.delay(12, 0, 16, true), None, "the window has room again");
+    }
+
+    #[test]
+    fn the_delay_follows_what_each_period_found() {
+        let mut g = ReplyGathering::default();
+        g.period_ended(16, 16);
+        assert_eq!(
+            g.delay,
+            INITIAL_DELAY * 3 / 4,
+            "the target ran dry: shorter"
+        );
+        let before = g.delay;
+        g.period_ended(13, 16);
+        assert_eq!(g.delay, before, "most came back, not all: keep");
+        g.period_ended(8, 16);
+        assert_eq!(g.delay, before * 9 / 8, "many still out: longer");
+        for _ in 0..100 {
+            g.period_ended(0, 16);
+        }
+        assert_eq!(g.delay, MAX_DELAY);
+        for _ in 0..100 {
+            g.period_ended(16, 16);
+        }
+        assert_eq!(g.delay, MIN_DELAY);
+    }
+}
