@@ -300,7 +300,39 @@ fn aoe_random_io_at_mtu_1500() {
         daemon.log()
     );
     verify_random_io(&rig, &daemon);
-    assert!(daemon.stop().success());
+    let (status, log) = daemon.stop_with_log();
+    assert!(status.success());
+    // Requests of up to 1 MiB at 2 sectors per frame keep far more than 16 frames queued, so
+    // the engine must have gathered replies rather than woken for each.
+    let stats = engine_stats(&log);
+    assert!(stats.iter().any(|s| s.periods > 0), "{log}");
+}
+
+/// What each AoE engine reported when it stopped.
+#[derive(Debug)]
+struct EngineStats {
+    frames: u64,
+    retransmitted: u64,
+    periods: u64,
+}
+
+fn engine_stats(log: &str) -> Vec<EngineStats> {
+    let numbers = |line: &str| -> Vec<u64> {
+        line.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    log.lines()
+        .filter_map(|line| Some(&line[line.find("AoE engine ")?..]))
+        .map(|line| match numbers(line)[..] {
+            [_id, frames, retransmitted, periods] => EngineStats {
+                frames,
+                retransmitted,
+                periods,
+            },
+            _ => panic!("unexpected engine report: {line}"),
+        })
+        .collect()
 }
 
 #[test]
@@ -323,12 +355,21 @@ fn aoe_survives_loss_reordering_and_duplicates() {
     let mut rig = Rig::lossy(dir.path(), 9000);
     let daemon = rig.daemon(dir.path(), &[]);
     verify_random_io(&rig, &daemon);
-    assert!(daemon.stop().success());
+    let (status, log) = daemon.stop_with_log();
+    assert!(status.success());
     let stats = rig.relay.take().unwrap().stop();
     eprintln!("relay: {stats:?}");
     assert!(
         stats.dropped > 10 && stats.duplicated > 5 && stats.reordered > 10,
         "the path was not lossy: {stats:?}"
+    );
+    // Every dropped frame (request or reply) is sent again once its timer runs out.
+    let engines = engine_stats(&log);
+    let retransmitted: u64 = engines.iter().map(|e| e.retransmitted).sum();
+    let frames: u64 = engines.iter().map(|e| e.frames).sum();
+    assert!(
+        retransmitted > 0 && retransmitted < frames,
+        "{engines:?}\n{log}"
     );
 }
 

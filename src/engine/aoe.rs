@@ -129,6 +129,15 @@ struct Initiator {
     gathering: ReplyGathering,
     done: Vec<Completion>,
     tx: TxBatch,
+    stats: Stats,
+}
+
+/// What an engine did, logged when it stops: the first thing to look at on a lossy network.
+#[derive(Debug, Default)]
+struct Stats {
+    frames: u64,
+    retransmitted: u64,
+    gathering_periods: u64,
 }
 
 // SAFETY: the raw iovec pointers refer to guest memory the worker keeps mapped until the
@@ -248,6 +257,7 @@ impl AoeEngine {
             gathering: ReplyGathering::default(),
             done: Vec::new(),
             tx: TxBatch::default(),
+            stats: Stats::default(),
         };
         Ok(AoeEngine {
             socket,
@@ -335,6 +345,10 @@ impl Initiator {
 
     /// Queues `piece` for sending with a fresh tag.
     fn transmit(&mut self, piece: Piece, retries: u32) {
+        self.stats.frames += 1;
+        if retries > 0 {
+            self.stats.retransmitted += 1;
+        }
         let tag = self.fresh_tag();
         let t = &*self.target;
         let header = Header {
@@ -613,6 +627,21 @@ impl Initiator {
     }
 }
 
+impl Drop for AoeEngine {
+    fn drop(&mut self) {
+        let Stats {
+            frames,
+            retransmitted,
+            gathering_periods,
+        } = self.initiator.stats;
+        log::info!(
+            "AoE engine {}: sent {frames} frames, {retransmitted} of them again after a timeout; \
+             gathered replies in {gathering_periods} periods",
+            self.initiator.tag_prefix >> 24
+        );
+    }
+}
+
 impl Engine for AoeEngine {
     fn completion_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
@@ -645,6 +674,7 @@ impl Engine for AoeEngine {
                 answered,
             } = std::mem::take(&mut self.period);
             self.initiator.gathering.period_ended(answered, outstanding);
+            self.initiator.stats.gathering_periods += 1;
         }
         self.initiator.handle_timeouts();
         self.flush()?;

@@ -22,6 +22,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub socket: PathBuf,
     log: Arc<Mutex<String>>,
+    /// Copies stderr into `log`; finishes when the daemon's stderr closes.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -60,7 +62,7 @@ impl Daemon {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let log2 = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[vblkd] {line}");
@@ -82,6 +84,7 @@ impl Daemon {
             child: Some(child),
             socket,
             log,
+            reader: Some(reader),
         }
     }
 
@@ -99,11 +102,18 @@ impl Daemon {
     }
 
     /// SIGTERM, then wait for the exit status.
-    pub fn stop(mut self) -> ExitStatus {
+    pub fn stop(self) -> ExitStatus {
+        self.stop_with_log().0
+    }
+
+    /// SIGTERM, then wait for the exit status and the whole log, up to the last line.
+    pub fn stop_with_log(mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().unwrap();
         // SAFETY: sending a signal to our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().unwrap()
+        let status = child.wait().unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        (status, self.log())
     }
 }
 
