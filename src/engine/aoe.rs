@@ -15,9 +15,10 @@
 //! a request still unanswered at its deadline fails with EIO. Only replies that match an
 //! outstanding tag, come from the target's MAC and carry its shelf.slot are accepted.
 //!
-//! While the window is full, replies are gathered on a timer instead of waking the thread
-//! for each ([`crate::aoe::gather`]); the worker then keeps guest kicks off too and looks at
-//! the avail ring when the timer fires ([`Engine::calls_back_soon`]).
+//! While the target has a queue of frames to work through, replies are gathered on a timer
+//! instead of waking the thread for each ([`crate::aoe::gather`]); the worker then keeps
+//! guest kicks off too and looks at the avail ring when the timer fires
+//! ([`Engine::calls_back_soon`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -126,7 +127,7 @@ struct Initiator {
     /// request has the earliest deadline.
     by_age: VecDeque<(Instant, usize, u64)>,
     flow: FlowControl,
-    gathering: ReplyGathering,
+    reply_gathering: ReplyGathering,
     done: Vec<Completion>,
     tx: TxBatch,
     stats: Stats,
@@ -254,7 +255,7 @@ impl AoeEngine {
             outstanding: Vec::new(),
             by_age: VecDeque::new(),
             flow: FlowControl::new(max_window),
-            gathering: ReplyGathering::default(),
+            reply_gathering: ReplyGathering::default(),
             done: Vec::new(),
             tx: TxBatch::default(),
             stats: Stats::default(),
@@ -289,7 +290,7 @@ impl AoeEngine {
     fn choose_wait(&mut self) -> io::Result<()> {
         let initiator = &self.initiator;
         let outstanding = initiator.outstanding.len();
-        let delay = initiator.gathering.delay(
+        let delay = initiator.reply_gathering.delay(
             outstanding,
             initiator.queued.len(),
             initiator.flow.window(),
@@ -673,7 +674,9 @@ impl Engine for AoeEngine {
                 outstanding,
                 answered,
             } = std::mem::take(&mut self.period);
-            self.initiator.gathering.period_ended(answered, outstanding);
+            self.initiator
+                .reply_gathering
+                .period_ended(answered, outstanding);
             self.initiator.stats.gathering_periods += 1;
         }
         self.initiator.handle_timeouts();
