@@ -88,17 +88,23 @@ mod tests {
     }
 
     #[test]
-    fn samples_this_process() {
-        let a = ProcessSample::read(std::process::id()).unwrap();
-        // Busy for a millisecond of wall time, then yield: the kernel adds a running thread's
-        // time to schedstat only at a tick or a scheduling event, and the yield is one.
-        let start = std::time::Instant::now();
-        let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(1) {
-            x = std::hint::black_box(x.wrapping_add(1));
+    fn samples_a_busy_process() {
+        // A separate single-threaded process: summing the threads of this test process is not
+        // monotonic (other tests' threads exit between samples and take their time with them).
+        let mut busy = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let a = ProcessSample::read(busy.id()).unwrap();
+        // Its schedstat advances at ticks and switches; poll until it has, within a bound.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut b = a;
+        while b.since(&a).cpu_ns == 0 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+            b = ProcessSample::read(busy.id()).unwrap();
         }
-        std::thread::yield_now();
-        let b = ProcessSample::read(std::process::id()).unwrap();
+        busy.kill().unwrap();
+        busy.wait().unwrap();
         assert!(b.since(&a).cpu_ns > 0, "{a:?} -> {b:?}");
         assert!(page_cache_bytes().unwrap() > 0);
     }
