@@ -38,41 +38,72 @@ const INITIAL_DELAY: Duration = Duration::from_micros(50);
 #[derive(Debug, Clone)]
 pub struct ReplyGathering {
     delay: Duration,
+    /// Whether the last decision was to gather.
+    active: bool,
+    /// Frames out when the current period began, and replies since.
+    period_outstanding: usize,
+    period_answered: usize,
+    periods: u64,
 }
 
 impl Default for ReplyGathering {
     fn default() -> Self {
         ReplyGathering {
             delay: INITIAL_DELAY,
+            active: false,
+            period_outstanding: 0,
+            period_answered: 0,
+            periods: 0,
         }
     }
 }
 
 impl ReplyGathering {
-    /// How long to let replies gather, with `outstanding` frames in flight in a window of
-    /// `window`, `waiting` more held back by it, and `gathering` telling whether the last
-    /// period is still going on; None to handle each reply as it arrives.
-    pub fn delay(
-        &self,
+    /// Decides whether to let replies gather, with `outstanding` frames in flight in a window
+    /// of `window` and `waiting` more held back by it; returns for how long, or None to
+    /// handle each reply as it arrives.
+    pub fn decide(
+        &mut self,
         outstanding: usize,
         waiting: usize,
         window: usize,
-        gathering: bool,
     ) -> Option<Duration> {
-        let window_bound = waiting > 0 || (gathering && outstanding >= window);
-        let gather = outstanding >= DEEP_QUEUE || (outstanding >= MIN_OUTSTANDING && window_bound);
-        gather.then_some(self.delay)
+        let window_bound = waiting > 0 || (self.active && outstanding >= window);
+        self.active = outstanding >= DEEP_QUEUE || (outstanding >= MIN_OUTSTANDING && window_bound);
+        self.active.then_some(self.delay)
     }
 
-    /// A gathering period ended with `answered` replies to the `outstanding` frames that were
-    /// out when it began.
-    pub fn period_ended(&mut self, answered: usize, outstanding: usize) {
+    /// Whether the last decision was to gather.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// A gathering period begins with `outstanding` frames out.
+    pub fn period_started(&mut self, outstanding: usize) {
+        self.period_outstanding = outstanding;
+        self.period_answered = 0;
+    }
+
+    /// A reply arrived.
+    pub fn replied(&mut self) {
+        self.period_answered += 1;
+    }
+
+    /// The current period is over: steer the next one by how many of its frames came back.
+    pub fn period_ended(&mut self) {
+        let (answered, outstanding) = (self.period_answered, self.period_outstanding);
         if answered >= outstanding {
             // The target may have idled: come back sooner.
             self.delay = (self.delay * 3 / 4).max(MIN_DELAY);
         } else if answered * 4 < outstanding * 3 {
             self.delay = (self.delay * 9 / 8).min(MAX_DELAY);
         }
+        self.periods += 1;
+    }
+
+    /// How many periods have ended.
+    pub fn periods(&self) -> u64 {
+        self.periods
     }
 }
 
@@ -82,49 +113,59 @@ mod tests {
 
     #[test]
     fn gathers_only_while_the_window_is_the_bottleneck() {
-        let g = ReplyGathering::default();
+        let mut g = ReplyGathering::default();
         let few = MIN_OUTSTANDING - 1;
-        assert_eq!(g.delay(few, 100, few, false), None, "too few frames out");
+        assert_eq!(g.decide(few, 100, few), None, "too few frames out");
         assert_eq!(
-            g.delay(12, 0, 16, false),
+            g.decide(12, 0, 16),
             None,
             "nothing waits: the guest's queue depth is the limit"
         );
-        assert_eq!(g.delay(12, 1, 12, false), Some(INITIAL_DELAY));
+        assert_eq!(g.decide(12, 1, 12), Some(INITIAL_DELAY));
         assert_eq!(
-            g.delay(12, 0, 12, true),
+            g.decide(12, 0, 12),
             Some(INITIAL_DELAY),
             "a full window keeps a period going"
         );
-        assert_eq!(g.delay(11, 0, 12, true), None, "the window has room again");
+        assert_eq!(g.decide(11, 0, 12), None, "the window has room again");
         assert_eq!(
-            g.delay(DEEP_QUEUE, 0, 64, false),
+            g.decide(DEEP_QUEUE, 0, 64),
             Some(INITIAL_DELAY),
             "a deep queue at the target, whatever the window"
         );
     }
 
+    /// A whole period: `outstanding` frames out, `answered` replies.
+    fn period(g: &mut ReplyGathering, answered: usize, outstanding: usize) {
+        g.period_started(outstanding);
+        for _ in 0..answered {
+            g.replied();
+        }
+        g.period_ended();
+    }
+
     #[test]
     fn the_delay_follows_what_each_period_found() {
         let mut g = ReplyGathering::default();
-        g.period_ended(16, 16);
+        period(&mut g, 16, 16);
         assert_eq!(
             g.delay,
             INITIAL_DELAY * 3 / 4,
             "the target ran dry: shorter"
         );
         let before = g.delay;
-        g.period_ended(13, 16);
+        period(&mut g, 13, 16);
         assert_eq!(g.delay, before, "most came back, not all: keep");
-        g.period_ended(8, 16);
+        period(&mut g, 8, 16);
         assert_eq!(g.delay, before * 9 / 8, "many still out: longer");
         for _ in 0..100 {
-            g.period_ended(0, 16);
+            period(&mut g, 0, 16);
         }
         assert_eq!(g.delay, MAX_DELAY);
         for _ in 0..100 {
-            g.period_ended(16, 16);
+            period(&mut g, 16, 16);
         }
         assert_eq!(g.delay, MIN_DELAY);
+        assert_eq!(g.periods(), 203);
     }
 }

@@ -102,12 +102,9 @@ pub struct AoeEngine {
     epoll: Epoll,
     /// Fires at the next retransmission or request deadline.
     retransmit: Timer,
-    /// Fires when replies gathered long enough (see [`ReplyGathering`]); while it runs, the
-    /// socket is left out of the epoll set.
+    /// Fires when replies gathered long enough (see [`ReplyGathering`]); while the engine
+    /// gathers, the socket is left out of the epoll set.
     gather: Timer,
-    gathering: bool,
-    /// Frames out when the current gathering period began, and replies since.
-    period: GatherPeriod,
     initiator: Initiator,
 }
 
@@ -138,19 +135,12 @@ struct Initiator {
 struct Stats {
     frames: u64,
     retransmitted: u64,
-    gathering_periods: u64,
 }
 
 // SAFETY: the raw iovec pointers refer to guest memory the worker keeps mapped until the
 // request's completion is reaped (the Engine::push contract); the engine is used by one
 // thread at a time.
 unsafe impl Send for Initiator {}
-
-#[derive(Default)]
-struct GatherPeriod {
-    outstanding: usize,
-    answered: usize,
-}
 
 const SOCKET_EVENT: u64 = 1;
 const RETRANSMIT_EVENT: u64 = 2;
@@ -266,8 +256,6 @@ impl AoeEngine {
             epoll,
             retransmit,
             gather,
-            gathering: false,
-            period: GatherPeriod::default(),
             initiator,
         })
     }
@@ -288,28 +276,24 @@ impl AoeEngine {
     /// Decides how the engine waits for the next replies: woken by each one, or by the
     /// gather timer with the socket out of the epoll set meanwhile.
     fn choose_wait(&mut self) -> io::Result<()> {
-        let initiator = &self.initiator;
+        let initiator = &mut self.initiator;
+        let was_gathering = initiator.reply_gathering.is_active();
         let outstanding = initiator.outstanding.len();
-        let delay = initiator.reply_gathering.delay(
+        let delay = initiator.reply_gathering.decide(
             outstanding,
             initiator.queued.len(),
             initiator.flow.window(),
-            self.gathering,
         );
         if let Some(delay) = delay {
             if self.gather.armed.is_none() {
                 let now = Instant::now();
                 self.gather.set(Some(now + delay), now)?;
-                self.period = GatherPeriod {
-                    outstanding,
-                    answered: 0,
-                };
+                initiator.reply_gathering.period_started(outstanding);
             }
         }
         // A gather timer still running after we stop gathering fires once more, harmlessly.
-        if delay.is_some() != self.gathering {
-            self.gathering = delay.is_some();
-            let events = if self.gathering {
+        if delay.is_some() != was_gathering {
+            let events = if delay.is_some() {
                 EventSet::empty()
             } else {
                 EventSet::IN
@@ -633,8 +617,8 @@ impl Drop for AoeEngine {
         let Stats {
             frames,
             retransmitted,
-            gathering_periods,
         } = self.initiator.stats;
+        let gathering_periods = self.initiator.reply_gathering.periods();
         log::info!(
             "AoE engine {}: sent {frames} frames, {retransmitted} of them again after a timeout; \
              gathered replies in {gathering_periods} periods",
@@ -649,7 +633,7 @@ impl Engine for AoeEngine {
     }
 
     fn calls_back_soon(&self) -> bool {
-        self.gathering
+        self.initiator.reply_gathering.is_active()
     }
 
     unsafe fn push(&mut self, token: u64, op: IoOp) {
@@ -667,17 +651,10 @@ impl Engine for AoeEngine {
         let period_over = self.gather.clear_if_fired(now);
         while let Some(reply) = self.ring.pop() {
             self.initiator.handle_reply(&reply);
-            self.period.answered += 1;
+            self.initiator.reply_gathering.replied();
         }
         if period_over {
-            let GatherPeriod {
-                outstanding,
-                answered,
-            } = std::mem::take(&mut self.period);
-            self.initiator
-                .reply_gathering
-                .period_ended(answered, outstanding);
-            self.initiator.stats.gathering_periods += 1;
+            self.initiator.reply_gathering.period_ended();
         }
         self.initiator.handle_timeouts();
         self.flush()?;
