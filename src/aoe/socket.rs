@@ -197,12 +197,12 @@ impl RawSocket {
                 .unwrap_or(batch.iovecs.len());
             // The header's address is only fixed now that no more headers will be pushed.
             let header = &mut batch.headers[k];
-            let frame_len: usize = batch.iovecs[start + 1..end]
-                .iter()
-                .map(|v| v.iov_len)
-                .sum::<usize>()
-                + ATA_HEADER_LEN;
             let head = if self.vnet_header {
+                let frame_len: usize = batch.iovecs[start + 1..end]
+                    .iter()
+                    .map(|v| v.iov_len)
+                    .sum::<usize>()
+                    + ATA_HEADER_LEN;
                 // virtio_net_hdr: no checksum or segmentation offload (flags, gso_type 0);
                 // hdr_len, little-endian, is how much of the frame goes in the linear area.
                 header[2..4].copy_from_slice(&(frame_len as u16).to_le_bytes());
