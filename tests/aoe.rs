@@ -289,23 +289,30 @@ fn verify_random_io(rig: &Rig, daemon: &Daemon) {
     }
 }
 
-#[test]
-fn aoe_random_io_at_mtu_1500() {
+/// Random I/O through vblkd at `mtu`, after checking the frame size it chose; returns its log.
+fn random_io_at_mtu(mtu: u32, frame_size: &str) -> String {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let rig = Rig::new(dir.path(), 1500);
+    let rig = Rig::new(dir.path(), mtu);
     let daemon = rig.daemon(dir.path(), &[]);
-    assert!(
-        daemon.log().contains("2 sectors per frame"),
-        "{}",
-        daemon.log()
-    );
+    assert!(daemon.log().contains(frame_size), "{}", daemon.log());
     verify_random_io(&rig, &daemon);
     let (status, log) = daemon.stop_with_log();
     assert!(status.success());
+    log
+}
+
+#[test]
+fn aoe_random_io_at_mtu_1500() {
+    let log = random_io_at_mtu(1500, "2 sectors per frame");
     // Requests of up to 1 MiB at 2 sectors per frame keep far more than 16 frames queued, so
     // the engine must have gathered replies rather than woken for each.
     let stats = engine_stats(&log);
     assert!(stats.iter().any(|s| s.periods > 0), "{log}");
+}
+
+#[test]
+fn aoe_random_io_at_mtu_9000() {
+    random_io_at_mtu(9000, "17 sectors per frame");
 }
 
 /// What each AoE engine reported when it stopped.
@@ -333,20 +340,6 @@ fn engine_stats(log: &str) -> Vec<EngineStats> {
             _ => panic!("unexpected engine report: {line}"),
         })
         .collect()
-}
-
-#[test]
-fn aoe_random_io_at_mtu_9000() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let rig = Rig::new(dir.path(), 9000);
-    let daemon = rig.daemon(dir.path(), &[]);
-    assert!(
-        daemon.log().contains("17 sectors per frame"),
-        "{}",
-        daemon.log()
-    );
-    verify_random_io(&rig, &daemon);
-    assert!(daemon.stop().success());
 }
 
 #[test]
