@@ -24,8 +24,8 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex, RwLock};
 
 use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
-    VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserInflight,
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
 };
 use vhost::vhost_user::Backend;
 use vm_memory::bitmap::Bitmap;
@@ -190,6 +190,26 @@ pub trait VhostUserBackend: Send + Sync {
         ))
     }
 
+    /// Allocate the shared buffer the backend tracks in-flight requests in
+    /// (`VHOST_USER_GET_INFLIGHT_FD`), sized for `inflight.num_queues` queues of
+    /// `inflight.queue_size` entries. Returns its description and the fd to pass to the
+    /// frontend, which hands it back after a reconnection.
+    fn get_inflight_fd(&self, _inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support inflight I/O tracking",
+        ))
+    }
+
+    /// Use `file` as the in-flight tracking buffer (`VHOST_USER_SET_INFLIGHT_FD`): the one
+    /// `get_inflight_fd` returned, possibly to an earlier instance of the backend.
+    fn set_inflight_fd(&self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support inflight I/O tracking",
+        ))
+    }
+
     fn get_shmem_config(&self) -> Result<VhostUserShMemConfig> {
         Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
@@ -348,6 +368,29 @@ pub trait VhostUserBackendMut: Send + Sync {
         ))
     }
 
+    /// Allocate the shared buffer the backend tracks in-flight requests in
+    /// (`VHOST_USER_GET_INFLIGHT_FD`), sized for `inflight.num_queues` queues of
+    /// `inflight.queue_size` entries. Returns its description and the fd to pass to the
+    /// frontend, which hands it back after a reconnection.
+    fn get_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+    ) -> Result<(VhostUserInflight, File)> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support inflight I/O tracking",
+        ))
+    }
+
+    /// Use `file` as the in-flight tracking buffer (`VHOST_USER_SET_INFLIGHT_FD`): the one
+    /// `get_inflight_fd` returned, possibly to an earlier instance of the backend.
+    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support inflight I/O tracking",
+        ))
+    }
+
     fn get_shmem_config(&self) -> Result<VhostUserShMemConfig> {
         Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
@@ -451,6 +494,14 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
     fn get_shmem_config(&self) -> Result<VhostUserShMemConfig> {
         self.deref().get_shmem_config()
     }
+
+    fn get_inflight_fd(&self, inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        self.deref().get_inflight_fd(inflight)
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> Result<()> {
+        self.deref().set_inflight_fd(inflight, file)
+    }
 }
 
 impl<T: VhostUserBackendMut> VhostUserBackend for Mutex<T> {
@@ -551,6 +602,14 @@ impl<T: VhostUserBackendMut> VhostUserBackend for Mutex<T> {
     fn get_shmem_config(&self) -> Result<VhostUserShMemConfig> {
         self.lock().unwrap().get_shmem_config()
     }
+
+    fn get_inflight_fd(&self, inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        self.lock().unwrap().get_inflight_fd(inflight)
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> Result<()> {
+        self.lock().unwrap().set_inflight_fd(inflight, file)
+    }
 }
 
 impl<T: VhostUserBackendMut> VhostUserBackend for RwLock<T> {
@@ -650,6 +709,14 @@ impl<T: VhostUserBackendMut> VhostUserBackend for RwLock<T> {
 
     fn get_shmem_config(&self) -> Result<VhostUserShMemConfig> {
         self.read().unwrap().get_shmem_config()
+    }
+
+    fn get_inflight_fd(&self, inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        self.write().unwrap().get_inflight_fd(inflight)
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> Result<()> {
+        self.write().unwrap().set_inflight_fd(inflight, file)
     }
 }
 

@@ -28,6 +28,7 @@ use vhost::vhost_user::{
 };
 use vhost::VhostUserMemoryRegionBase;
 
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_RING_PACKED;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Error as VirtQueError, QueueT};
 use vm_memory::mmap::NewBitmap;
@@ -388,6 +389,7 @@ where
         let mut mappings: Vec<AddrMapping> = Vec::new();
 
         for (region, file) in ctx.iter().zip(files) {
+            check_region_fits_file(&file, region.mmap_offset, region.memory_size)?;
             let guest_region = GuestRegionMmap::new(
                 region.mmap_region(file)?,
                 GuestAddress(region.guest_phys_addr),
@@ -439,9 +441,10 @@ where
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
 
-        if num == 0 || num as usize > self.max_queue_size {
+        let packed = self.acked_features & (1 << VIRTIO_F_RING_PACKED) != 0;
+        if num == 0 || num as usize > self.max_queue_size || !(packed || num.is_power_of_two()) {
             log::error!(
-                "vring {index} requested queue size {num} out of range (1-{})",
+                "vring {index} requested queue size {num}: not a power of two in 1-{}",
                 self.max_queue_size
             );
             return Err(VhostUserError::InvalidParam);
@@ -504,8 +507,10 @@ where
             .vrings
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
+        // The avail index is 16 bits wide (for packed rings, bit 15 carries the wrap counter).
+        let base = u16::try_from(base).map_err(|_| VhostUserError::InvalidParam)?;
 
-        vring.set_queue_next_avail(base as u16);
+        vring.set_queue_next_avail(base);
 
         Ok(())
     }
@@ -541,6 +546,15 @@ where
             .vrings
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
+        let enabled = vring.get_ref().is_enabled();
+
+        let file = file.map(nonblocking_eventfd).transpose()?;
+        // A running vring's kick fd is in its thread's epoll set. Take it out before it is
+        // replaced: the frontend still holds the old eventfd, so the registration would
+        // outlive our copy and report kicks for an fd we no longer read.
+        vring.set_enabled(false);
+        self.update_vring_registration(vring, index)?;
+        vring.set_enabled(enabled);
 
         // SAFETY: EventFd requires that it has sole ownership of its fd. So
         // does File, so this is safe.
@@ -550,6 +564,8 @@ where
 
         if self.vring_needs_init(vring) {
             self.initialize_vring(vring, index)?;
+        } else {
+            self.update_vring_registration(vring, index)?;
         }
 
         Ok(())
@@ -561,7 +577,7 @@ where
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
 
-        vring.set_call(file);
+        vring.set_call(file.map(nonblocking_eventfd).transpose()?);
 
         if self.vring_needs_init(vring) {
             self.initialize_vring(vring, index)?;
@@ -576,7 +592,7 @@ where
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
 
-        vring.set_err(file);
+        vring.set_err(file.map(nonblocking_eventfd).transpose()?);
 
         Ok(())
     }
@@ -665,20 +681,22 @@ where
 
     fn get_inflight_fd(
         &mut self,
-        _inflight: &vhost::vhost_user::message::VhostUserInflight,
+        inflight: &vhost::vhost_user::message::VhostUserInflight,
     ) -> VhostUserResult<(vhost::vhost_user::message::VhostUserInflight, File)> {
-        // Assume the backend hasn't negotiated the inflight feature; it
-        // wouldn't be correct for the backend to do so, as we don't (yet)
-        // provide a way for it to handle such requests.
-        Err(VhostUserError::InvalidOperation("not supported"))
+        // Only the backend knows how it tracks requests; the library passes the buffer on.
+        self.backend
+            .get_inflight_fd(inflight)
+            .map_err(VhostUserError::ReqHandlerError)
     }
 
     fn set_inflight_fd(
         &mut self,
-        _inflight: &vhost::vhost_user::message::VhostUserInflight,
-        _file: File,
+        inflight: &vhost::vhost_user::message::VhostUserInflight,
+        file: File,
     ) -> VhostUserResult<()> {
-        Err(VhostUserError::InvalidOperation("not supported"))
+        self.backend
+            .set_inflight_fd(inflight, file)
+            .map_err(VhostUserError::ReqHandlerError)
     }
 
     fn get_max_mem_slots(&mut self) -> VhostUserResult<u64> {
@@ -696,6 +714,13 @@ where
             return Err(VhostUserError::InvalidOperation("postcopy not enabled"));
         }
 
+        if self.mappings.len() as u64 >= MAX_MEM_SLOTS {
+            return Err(VhostUserError::ReqHandlerError(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("all {MAX_MEM_SLOTS} advertised memory slots are in use"),
+            )));
+        }
+        check_region_fits_file(&file, region.mmap_offset, region.memory_size)?;
         let guest_region = Arc::new(
             GuestRegionMmap::new(
                 region.mmap_region(file)?,
@@ -918,6 +943,58 @@ where
 
         Ok(())
     }
+}
+
+/// Checks that `file` (received from the frontend) holds `[offset, offset + size)`. Touching a
+/// mapping past the end of its file raises SIGBUS, which would kill the whole backend; mmap
+/// itself does not check. Only regular files (memfd, tmpfs, hugetlbfs) can be checked, so
+/// other kinds of fd are refused.
+fn check_region_fits_file(file: &File, offset: u64, size: u64) -> VhostUserResult<()> {
+    let invalid = |what: String| {
+        VhostUserError::ReqHandlerError(io::Error::new(io::ErrorKind::InvalidInput, what))
+    };
+    let meta = file.metadata().map_err(VhostUserError::ReqHandlerError)?;
+    if !meta.file_type().is_file() {
+        return Err(invalid(format!(
+            "memory region fd is not a regular file ({:?})",
+            meta.file_type()
+        )));
+    }
+    match offset.checked_add(size) {
+        Some(end) if size > 0 && end <= meta.len() => Ok(()),
+        _ => Err(invalid(format!(
+            "memory region of {size:#x} bytes at file offset {offset:#x} does not fit its \
+             {:#x}-byte file",
+            meta.len()
+        ))),
+    }
+}
+
+/// Checks that a kick, call or error fd from the frontend is an eventfd and makes it
+/// non-blocking, so that no read or write of it can stall a vring thread (a pipe could hold a
+/// partial value, or be full). Frontends create these eventfds non-blocking already.
+fn nonblocking_eventfd(file: File) -> VhostUserResult<File> {
+    let fd = file.as_raw_fd();
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map_err(VhostUserError::ReqHandlerError)?;
+    if target.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(VhostUserError::ReqHandlerError(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "vring notification fd is {}, not an eventfd",
+                target.display()
+            ),
+        )));
+    }
+    // SAFETY: F_GETFL/F_SETFL on an fd we own, with no pointers involved.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !ok {
+        return Err(VhostUserError::ReqHandlerError(io::Error::last_os_error()));
+    }
+    Ok(file)
 }
 
 impl<T: VhostUserBackend> Drop for VhostUserHandler<T> {

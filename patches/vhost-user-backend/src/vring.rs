@@ -248,7 +248,13 @@ impl<M: GuestAddressSpace> VringState<M> {
     /// Read event from the kick `EventFd`.
     fn read_kick(&self) -> io::Result<bool> {
         if let Some(kick) = &self.kick {
-            kick.consume()?;
+            // The kick fd is non-blocking (see `VhostUserHandler::set_vring_kick`); finding it
+            // already consumed (the frontend may read its own eventfd) is not an error, and must
+            // not end the vring's event loop.
+            match kick.consume() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => other?,
+            }
         }
 
         Ok(self.enabled)
