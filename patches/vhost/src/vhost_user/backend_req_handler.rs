@@ -480,11 +480,18 @@ impl<S: VhostUserBackendReqHandler> BackendReqHandler<S> {
         let (size, buf) = match hdr.get_size() {
             0 => (0, vec![0u8; 0]),
             len => {
-                let (size2, rbuf) = self.main_sock.recv_data(len as usize)?;
-                if size2 != len as usize {
-                    return Err(Error::InvalidMessage);
+                // A stream socket may deliver the body in pieces (the frontend wrote it with
+                // several calls, or it crossed the socket buffer): read until it is whole.
+                let len = len as usize;
+                let mut rbuf = Vec::with_capacity(len);
+                while rbuf.len() < len {
+                    let (got, part) = self.main_sock.recv_data(len - rbuf.len())?;
+                    if got == 0 {
+                        return Err(Error::PartialMessage);
+                    }
+                    rbuf.extend_from_slice(&part[..got]);
                 }
-                (size2, rbuf)
+                (len, rbuf)
             }
         };
 
