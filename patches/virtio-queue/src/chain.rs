@@ -65,7 +65,11 @@ where
     /// * `desc_table` - the address of the descriptor table.
     /// * `queue_size` - the size of the queue, which is also the maximum size of a descriptor chain.
     /// * `head_index` - the descriptor index of the chain head.
-    pub(crate) fn new(mem: M, desc_table: GuestAddress, queue_size: u16, head_index: u16) -> Self {
+    ///
+    /// Public so that a device can walk a chain it took from the available ring earlier, e.g.
+    /// to resubmit in-flight requests after a vhost-user backend restart (INFLIGHT_SHMFD).
+    /// Nothing is read until iteration, which checks every index as usual.
+    pub fn new(mem: M, desc_table: GuestAddress, queue_size: u16, head_index: u16) -> Self {
         Self::with_ttl(mem, desc_table, queue_size, queue_size, head_index)
     }
 
