@@ -9,14 +9,21 @@
 //! takes it only to drain the queue on GET_VRING_BASE or shutdown. Nothing on the I/O path is
 //! shared between queues except the read-only disk description and the WCE flag (an atomic).
 //!
+//! The device offers `INFLIGHT_SHMFD` whatever the engine: tracking happens in the worker,
+//! above the engine seam, so every engine's requests survive a crash of the daemon (see
+//! [`crate::inflight`]).
+//!
 //! [`queues_per_thread`]: VhostUserBackend::queues_per_thread
 
+use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
@@ -28,6 +35,7 @@ use crate::blk::config::{
     config_space, device_features, max_request_bytes, CONFIG_LEN, WRITEBACK_OFFSET,
 };
 use crate::disk::{Disk, DiskError};
+use crate::inflight::InflightBuffer;
 use crate::worker::{QueueWorker, WorkerConfig};
 use crate::GuestMemory;
 
@@ -40,6 +48,9 @@ pub struct BlockDevice {
     queue_size: u16,
     write_cache: Arc<AtomicBool>,
     workers: Vec<Mutex<QueueWorker>>,
+    /// The in-flight tracking buffer the frontend set (GET_/SET_INFLIGHT_FD); each worker
+    /// takes its region when its ring starts.
+    inflight: Mutex<Option<Arc<InflightBuffer>>>,
 }
 
 impl BlockDevice {
@@ -78,6 +89,7 @@ impl BlockDevice {
             queue_size,
             write_cache,
             workers,
+            inflight: Mutex::new(None),
         })
     }
 
@@ -143,6 +155,7 @@ impl VhostUserBackend for BlockDevice {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -198,8 +211,39 @@ impl VhostUserBackend for BlockDevice {
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         if let Some(worker) = self.workers.get(queue_index as usize) {
-            self.worker(worker).drain();
+            self.worker(worker).stop();
         }
+        Ok(())
+    }
+
+    fn get_inflight_fd(&self, msg: &VhostUserInflight) -> io::Result<(VhostUserInflight, File)> {
+        if msg.num_queues > self.num_queues {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "an inflight buffer for {} queues; this device has {}",
+                    msg.num_queues, self.num_queues
+                ),
+            ));
+        }
+        let (buffer, file) = InflightBuffer::create(msg.num_queues, msg.queue_size)?;
+        *self.inflight.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(buffer));
+        let size = InflightBuffer::size_for(msg.num_queues, msg.queue_size);
+        Ok((
+            VhostUserInflight::new(size, 0, msg.num_queues, msg.queue_size),
+            file,
+        ))
+    }
+
+    fn set_inflight_fd(&self, msg: &VhostUserInflight, file: File) -> io::Result<()> {
+        let buffer = InflightBuffer::open(
+            &file,
+            msg.mmap_offset,
+            msg.mmap_size,
+            msg.num_queues,
+            msg.queue_size,
+        )?;
+        *self.inflight.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(buffer));
         Ok(())
     }
 
@@ -214,6 +258,10 @@ impl VhostUserBackend for BlockDevice {
             return Ok(());
         };
         let mut worker = self.worker(worker);
+        if !worker.is_started() {
+            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            worker.start(vring, inflight.as_ref().and_then(|b| b.queue(thread_id)));
+        }
         if device_event == self.engine_event() {
             worker.on_completion(vring);
         } else if device_event == 0 {

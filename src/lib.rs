@@ -14,7 +14,9 @@ pub mod daemon;
 pub mod device;
 pub mod disk;
 pub mod engine;
+mod inflight;
 mod iov;
+mod ratelimit;
 mod worker;
 
 /// Guest memory as the vhost-user library maps it (no dirty-page bitmap).

@@ -11,12 +11,21 @@
 //!
 //! In-flight requests live in a slot table indexed by descriptor head: a head is unique among
 //! the chains the guest has made available, so the table never needs more than queue-size
-//! entries and the steady state allocates nothing.
+//! entries and the steady state allocates nothing. When the frontend gave us an in-flight
+//! tracking buffer ([`crate::inflight`]), every head is also recorded there from the moment it
+//! is taken until its used-ring entry is written, and a ring start resubmits what a crashed
+//! predecessor left in flight.
+//!
+//! Nothing the guest writes can make the worker loop without progress. A ring the guest broke
+//! (an avail index more than a queue ahead, rings outside its memory) is marked broken: it is
+//! no longer served, said so once, and served again only after the frontend restarts it. Every
+//! log line a guest can provoke is rate-limited.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use log::Level::{Debug, Error, Warn};
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
@@ -26,8 +35,12 @@ use crate::blk::request::{self, Limits, Rejected, Request, RequestKind, Scratch}
 use crate::bounce::BounceBuffer;
 use crate::disk::DiskInfo;
 use crate::engine::{wait_for_completions, Completion, Engine, IoOp};
+use crate::inflight::InflightQueue;
 use crate::iov;
+use crate::ratelimit::limited;
 use crate::GuestMemory;
+
+type Vring = VringState<GuestMemoryAtomic<GuestMemory>>;
 
 /// The most iovecs one system call accepts (`IOV_MAX`); longer lists go through a bounce
 /// buffer.
@@ -93,6 +106,17 @@ enum Reaper {
     Poll,
 }
 
+/// What a look at the avail ring found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Avail {
+    /// Nothing new.
+    Empty,
+    /// New chains, now taken.
+    Took,
+    /// The ring cannot be served: it is stopping (not ready) or the guest broke it.
+    Unusable,
+}
+
 /// What happened to a chain taken from the avail ring.
 enum Started {
     /// Handed to the engine.
@@ -116,6 +140,14 @@ pub struct QueueWorker {
     /// The vring this worker serves, remembered from its first event so that in-flight I/O
     /// can be completed into it when the queue is stopped from the control thread.
     vring: Option<VringRwLock>,
+    /// Whether the ring has been started (see [`QueueWorker::is_started`]).
+    started: bool,
+    /// The guest broke the ring; it is not served until the frontend restarts it.
+    broken: bool,
+    /// This queue's region of the in-flight tracking buffer, if the frontend gave us one.
+    inflight: Option<InflightQueue>,
+    /// The order number the next request taken gets in the tracking buffer.
+    taken: u64,
 }
 
 impl QueueWorker {
@@ -137,7 +169,94 @@ impl QueueWorker {
             completions: Vec::with_capacity(usize::from(queue_size)),
             finished: Vec::with_capacity(usize::from(queue_size)),
             vring: None,
+            started: false,
+            broken: false,
+            inflight: None,
+            taken: 0,
         }
+    }
+
+    /// Whether the ring was started since the worker was built or last stopped. The first
+    /// event after the frontend starts a ring (the library delivers one when the ring is
+    /// enabled) finds it not started, and the caller calls [`QueueWorker::start`] first.
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Starts serving the ring. With a tracking buffer, repairs it and resubmits, oldest
+    /// first, what was in flight when the previous daemon stopped; the avail ring then resumes
+    /// after those requests, whatever base the frontend set (it only knows the used index).
+    pub fn start(&mut self, vring: &VringRwLock, inflight: Option<InflightQueue>) {
+        self.vring.get_or_insert_with(|| vring.clone());
+        if !vring.get_ref().get_queue().ready() {
+            // A late completion after the ring stopped: nothing to start yet.
+            return;
+        }
+        self.started = true;
+        self.broken = false;
+        self.inflight = None;
+        self.taken = 0;
+        let Some(inflight) = inflight else { return };
+        let mem = self.mem.memory().into_inner();
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        if queue.size() > inflight.desc_num() {
+            log::warn!(
+                "queue {}: the in-flight buffer tracks {} descriptors but the ring has {}; \
+                 requests on this queue are not tracked",
+                self.index,
+                inflight.desc_num(),
+                queue.size()
+            );
+            return;
+        }
+        let used = match queue.used_idx(&*mem, Ordering::Acquire) {
+            Ok(used) => used.0,
+            Err(e) => return self.mark_broken(&format!("its used ring is unusable ({e})")),
+        };
+        if let Some(recovery) = inflight.recover(used) {
+            self.taken = recovery.next_counter;
+            let resubmit = u16::try_from(recovery.resubmit.len()).unwrap_or(u16::MAX);
+            queue.set_next_avail(used.wrapping_add(resubmit));
+            queue.set_next_used(used);
+            if resubmit > 0 {
+                log::info!(
+                    "queue {}: resubmitting {resubmit} requests left in flight by the previous \
+                     connection",
+                    self.index
+                );
+            }
+            let (desc_table, size) = (GuestAddress(queue.desc_table()), queue.size());
+            for head in recovery.resubmit {
+                let chain = DescriptorChain::new(&*mem, desc_table, size, head);
+                if let Started::Done(len) = self.start_request(chain, &mem, size) {
+                    self.finished.push((head, len));
+                }
+            }
+        }
+        self.inflight = Some(inflight);
+        if let Err(e) = self.engine.submit() {
+            log::error!("queue {}: submitting I/O failed: {e}", self.index);
+        }
+        self.publish(&mut state, &mem);
+    }
+
+    /// The ring is stopping (GET_VRING_BASE): completes what is in flight, and forgets the
+    /// ring's state so that the next start begins afresh.
+    pub fn stop(&mut self) {
+        self.drain();
+        self.started = false;
+        self.broken = false;
+        self.inflight = None;
+    }
+
+    fn mark_broken(&mut self, why: &str) {
+        self.broken = true;
+        limited!(
+            Error,
+            "queue {}: {why}; not serving it until the frontend restarts it (guest reset)",
+            self.index
+        );
     }
 
     pub fn engine_fd(&self) -> std::os::fd::RawFd {
@@ -181,17 +300,19 @@ impl QueueWorker {
             let mem = self.mem.memory().into_inner();
             let mut state = vring.get_mut();
             loop {
-                self.take_available(&mut state, &mem);
+                let avail = self.take_available(&mut state, &mem);
                 self.submit_and_publish(&mut state, &mem, reaper);
-                if self.engine.calls_back_soon() {
-                    return; // kicks stay off: on_completion looks at the ring
+                if avail == Avail::Unusable || self.engine.calls_back_soon() {
+                    // Kicks stay off: on_completion looks at the ring, or there is nothing to
+                    // serve until the ring restarts.
+                    return;
                 }
                 match state.enable_notification() {
+                    // A request slipped in as we re-armed; the next round takes it.
                     Ok(true) => continue,
                     Ok(false) => return,
                     Err(e) => {
-                        log::warn!("queue {}: cannot enable notifications: {e}", self.index);
-                        return;
+                        return self.mark_broken(&format!("cannot enable notifications ({e})"))
                     }
                 }
             }
@@ -203,10 +324,16 @@ impl QueueWorker {
             let mem = self.mem.memory().into_inner();
             let mut state = vring.get_mut();
             // Notifications stay off while we poll: the guest need not kick, we look.
-            let took = self.take_available(&mut state, &mem);
+            let avail = self.take_available(&mut state, &mem);
             let in_flight = self.in_flight;
             self.submit_and_publish(&mut state, &mem, Reaper::Poll);
-            if took || self.in_flight != in_flight {
+            if avail == Avail::Unusable {
+                // Going to sleep without re-arming kicks: the eventfd reports completions.
+                self.reap(Reaper::Reap);
+                self.publish(&mut state, &mem);
+                return;
+            }
+            if avail == Avail::Took || self.in_flight != in_flight {
                 idle_since = Instant::now();
             } else if idle_since.elapsed() >= poll {
                 // Going to sleep: reset the engine's eventfd (polling left it readable) so
@@ -214,7 +341,10 @@ impl QueueWorker {
                 self.reap(Reaper::Reap);
                 self.publish(&mut state, &mem);
                 match state.enable_notification() {
-                    Ok(false) | Err(_) => return,
+                    Ok(false) => return,
+                    Err(e) => {
+                        return self.mark_broken(&format!("cannot enable notifications ({e})"))
+                    }
                     // A request slipped in as we re-armed: keep polling.
                     Ok(true) => idle_since = Instant::now(),
                 }
@@ -224,49 +354,53 @@ impl QueueWorker {
         }
     }
 
-    /// Parses every available chain and pushes its I/O; returns whether there was any.
-    fn take_available(
-        &mut self,
-        state: &mut VringState<GuestMemoryAtomic<GuestMemory>>,
-        mem: &Arc<GuestMemory>,
-    ) -> bool {
+    /// Parses every available chain and pushes its I/O.
+    fn take_available(&mut self, state: &mut Vring, mem: &Arc<GuestMemory>) -> Avail {
+        // A ring that is stopping (GET_VRING_BASE marks it not ready before it drains us) is
+        // not the guest's fault; one the guest broke stays broken until restarted.
+        if self.broken || !state.get_queue().ready() {
+            return Avail::Unusable;
+        }
         if let Err(e) = state.disable_notification() {
-            log::warn!("queue {}: cannot disable notifications: {e}", self.index);
+            self.mark_broken(&format!("cannot disable notifications ({e})"));
+            return Avail::Unusable;
         }
         let queue = state.get_queue_mut();
         match queue.avail_idx(&**mem, Ordering::Acquire) {
-            Ok(idx) if idx.0 == queue.next_avail() => return false,
-            _ => {}
+            Ok(idx) if idx.0 == queue.next_avail() => return Avail::Empty,
+            Ok(_) => {}
+            Err(e) => {
+                self.mark_broken(&format!("its avail ring is unusable ({e})"));
+                return Avail::Unusable;
+            }
         }
         // Load the memory map only now, after the avail index: a region the frontend added
         // (and we acknowledged) before publishing these requests is then guaranteed to be in it.
         let mem = &self.mem.memory().into_inner();
+        let size = queue.size();
         let chains = match queue.iter(&**mem) {
             Ok(chains) => chains,
             Err(e) => {
-                log::error!(
-                    "queue {}: avail ring is unusable ({e}); ignoring it until reset",
-                    self.index
-                );
-                return false;
+                // An avail index more than a queue ahead, or an unmapped ring.
+                self.mark_broken(&format!("its avail ring is unusable ({e})"));
+                return Avail::Unusable;
             }
         };
         for chain in chains {
             let head = chain.head_index();
-            match self.start(chain, mem) {
+            if let Some(inflight) = self.inflight.as_ref().filter(|_| head < size) {
+                inflight.take(head, self.taken);
+                self.taken = self.taken.wrapping_add(1);
+            }
+            match self.start_request(chain, mem, size) {
                 Started::Done(len) => self.finished.push((head, len)),
                 Started::Submitted | Started::Ignored => {}
             }
         }
-        true
+        Avail::Took
     }
 
-    fn submit_and_publish(
-        &mut self,
-        state: &mut VringState<GuestMemoryAtomic<GuestMemory>>,
-        mem: &GuestMemory,
-        reaper: Reaper,
-    ) {
+    fn submit_and_publish(&mut self, state: &mut Vring, mem: &GuestMemory, reaper: Reaper) {
         if let Err(e) = self.engine.submit() {
             log::error!("queue {}: submitting I/O failed: {e}", self.index);
         }
@@ -293,17 +427,29 @@ impl QueueWorker {
         }
     }
 
-    fn start(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &Arc<GuestMemory>) -> Started {
+    /// Parses one chain of a ring of `size` descriptors and starts its request.
+    fn start_request(
+        &mut self,
+        chain: DescriptorChain<&GuestMemory>,
+        mem: &Arc<GuestMemory>,
+        size: u16,
+    ) -> Started {
         let head = chain.head_index();
-        let Some(slot) = self.slots.get_mut(usize::from(head)) else {
-            log::warn!(
+        let Some(slot) = self
+            .slots
+            .get_mut(usize::from(head))
+            .filter(|_| head < size)
+        else {
+            limited!(
+                Warn,
                 "queue {}: descriptor head {head} is outside the queue; ignored",
                 self.index
             );
             return Started::Ignored;
         };
         if slot.busy {
-            log::warn!(
+            limited!(
+                Warn,
                 "queue {}: guest reused descriptor {head} while in flight; ignored",
                 self.index
             );
@@ -314,7 +460,11 @@ impl QueueWorker {
         {
             Ok(req) => req,
             Err(Rejected { status, error }) => {
-                log::debug!("queue {}: request {head} rejected: {error}", self.index);
+                limited!(
+                    Debug,
+                    "queue {}: request {head} rejected: {error}",
+                    self.index
+                );
                 return match status {
                     Some(addr) => {
                         write_status(mem, addr, error.status());
@@ -352,7 +502,11 @@ impl QueueWorker {
                 match prepare_data(slot, &req, config.buffer_alignment) {
                     Ok(()) => {}
                     Err(e) => {
-                        log::error!("queue {}: cannot allocate a bounce buffer: {e}", self.index);
+                        limited!(
+                            Error,
+                            "queue {}: cannot allocate a bounce buffer: {e}",
+                            self.index
+                        );
                         write_status(mem, req.status, VIRTIO_BLK_S_IOERR as u8);
                         return Started::Done(1);
                     }
@@ -403,11 +557,16 @@ impl QueueWorker {
             Reaper::Poll => self.engine.poll(&mut self.completions),
         };
         if let Err(e) = collected {
-            log::error!("queue {}: reaping completions failed: {e}", self.index);
+            limited!(
+                Error,
+                "queue {}: reaping completions failed: {e}",
+                self.index
+            );
         }
         for c in self.completions.drain(..) {
             let Some(slot) = self.slots.get_mut(c.token as usize).filter(|s| s.busy) else {
-                log::error!(
+                limited!(
+                    Error,
                     "queue {}: completion for unknown request {}",
                     self.index,
                     c.token
@@ -417,7 +576,8 @@ impl QueueWorker {
             let ok = match c.result {
                 Ok(n) if n == slot.expected => true,
                 Ok(n) => {
-                    log::warn!(
+                    limited!(
+                        Warn,
                         "queue {}: short transfer: {n} of {} bytes",
                         self.index,
                         slot.expected
@@ -425,7 +585,7 @@ impl QueueWorker {
                     false
                 }
                 Err(e) => {
-                    log::warn!("queue {}: I/O error: {e}", self.index);
+                    limited!(Warn, "queue {}: I/O error: {e}", self.index);
                     false
                 }
             };
@@ -450,25 +610,34 @@ impl QueueWorker {
     }
 
     /// Puts finished requests in the used ring and signals the guest if it asked to be.
-    fn publish(
-        &mut self,
-        state: &mut VringState<GuestMemoryAtomic<GuestMemory>>,
-        mem: &GuestMemory,
-    ) {
+    fn publish(&mut self, state: &mut Vring, mem: &GuestMemory) {
         if self.finished.is_empty() {
             return;
         }
         let queue = state.get_queue_mut();
         for (head, len) in self.finished.drain(..) {
-            if let Err(e) = queue.add_used(mem, head, len) {
-                log::warn!("queue {}: cannot add to used ring: {e}", self.index);
+            // Each entry is its own batch in the tracking buffer: marked as the last batch
+            // before the used index moves, cleared after.
+            let inflight = self.inflight.as_ref().filter(|t| head < t.desc_num());
+            if let Some(inflight) = inflight {
+                inflight.before_used(head);
+            }
+            match queue.add_used(mem, head, len) {
+                Ok(()) => {
+                    if let Some(inflight) = inflight {
+                        inflight.after_used(head, queue.next_used());
+                    }
+                }
+                Err(e) => limited!(Warn, "queue {}: cannot add to used ring: {e}", self.index),
             }
         }
         match state.needs_notification() {
             Ok(false) => {}
             Ok(true) | Err(_) => {
                 if let Err(e) = state.signal_used_queue() {
-                    log::warn!("queue {}: cannot signal the guest: {e}", self.index);
+                    // A full (or closed) call eventfd: the frontend's problem, not a reason
+                    // to stop; the next signal tries again.
+                    limited!(Warn, "queue {}: cannot signal the guest: {e}", self.index);
                 }
             }
         }
@@ -479,7 +648,7 @@ fn write_status(mem: &GuestMemory, addr: GuestAddress, status: u8) {
     // The parser checked that the status byte is mapped; a failure here means the guest
     // changed its memory map under us, and there is nobody left to tell.
     if let Err(e) = mem.write_obj(status, addr) {
-        log::warn!("cannot write request status: {e}");
+        limited!(Warn, "cannot write request status: {e}");
     }
 }
 
