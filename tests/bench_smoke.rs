@@ -6,11 +6,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{Daemon, VBLKD};
+use common::{vblkd_bin, Daemon};
 use serde_json::Value;
 
 fn bench(args: &[&str]) -> Value {
-    let out = Command::new(VBLKD)
+    let out = Command::new(vblkd_bin())
         .args(["bench", "run", "--seconds", "1", "--ramp", "0.2", "--json"])
         .args(args)
         .output()

@@ -4,50 +4,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::blockdev::Loop;
 use common::workload::{random_io, BUFFER_BYTES};
 use common::{first_difference, run_vblkd, Client, Daemon, Rng};
 
 const DISK_BYTES: usize = 32 << 20;
-
-/// A loop device, detached on drop.
-struct Loop(PathBuf);
-
-impl Loop {
-    fn attach(file: &Path, sector_size: u32) -> Loop {
-        let out = Command::new("losetup")
-            .args([
-                "--find",
-                "--show",
-                "--direct-io=on",
-                "--sector-size",
-                &sector_size.to_string(),
-            ])
-            .arg(file)
-            .output()
-            .expect("losetup (util-linux) runs");
-        assert!(
-            out.status.success(),
-            "losetup failed (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Loop(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup")
-            .arg("--detach")
-            .arg(&self.0)
-            .status();
-    }
-}
 
 fn backing_file(dir: &Path) -> PathBuf {
     let file = dir.join("backing.img");

@@ -2,6 +2,8 @@
 //! would (the `blkio` crate's `virtio-blk-vhost-user` driver).
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod blockdev;
+pub mod frontend;
 pub mod guest;
 pub mod workload;
 
@@ -9,19 +11,25 @@ use std::io::{BufRead, BufReader};
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use blkio::{Blkio, Blkioq, MemoryRegion, ReqFlags};
 
-pub const VBLKD: &str = env!("CARGO_BIN_EXE_vblkd");
+/// The daemon under test: this build's, or another build named by `VBLKD_TEST_BIN` (to show
+/// that a test fails on an older daemon, or to compare builds).
+pub fn vblkd_bin() -> PathBuf {
+    std::env::var_os("VBLKD_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vblkd")))
+}
 
 /// A running daemon; stopped with SIGTERM (and checked to exit 0) by [`Daemon::stop`], killed
 /// on drop otherwise.
 pub struct Daemon {
     child: Option<Child>,
     pub socket: PathBuf,
-    log: Arc<Mutex<String>>,
+    log: Arc<(Mutex<String>, Condvar)>,
     /// Copies stderr into `log`; finishes when the daemon's stderr closes.
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -39,10 +47,10 @@ impl Daemon {
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
-                c.args(rest).arg(VBLKD);
+                c.args(rest).arg(vblkd_bin());
                 c
             }
-            None => Command::new(VBLKD),
+            None => Command::new(vblkd_bin()),
         };
         let mut child = command
             .arg("serve")
@@ -58,7 +66,7 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("vblkd starts");
-        let log = Arc::new(Mutex::new(String::new()));
+        let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let log2 = log.clone();
@@ -69,7 +77,8 @@ impl Daemon {
                 if line.contains("listening on") {
                     let _ = ready_tx.send(());
                 }
-                log2.lock().unwrap().push_str(&(line + "\n"));
+                log2.0.lock().unwrap().push_str(&(line + "\n"));
+                log2.1.notify_all();
             }
         });
         // The reader thread drops the sender when stderr closes (the daemon died).
@@ -77,7 +86,7 @@ impl Daemon {
             let status = child.wait().unwrap();
             panic!(
                 "vblkd exited ({status}) before listening:\n{}",
-                log.lock().unwrap()
+                log.0.lock().unwrap()
             );
         }
         Daemon {
@@ -89,7 +98,31 @@ impl Daemon {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `count` lines containing `needle`; fails the test after
+    /// [`HANG_LIMIT`].
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let (log, grew) = &*self.log;
+        let (log, timeout) = grew
+            .wait_timeout_while(log.lock().unwrap(), HANG_LIMIT, |log| {
+                log.lines().filter(|l| l.contains(needle)).count() < count
+            })
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "the daemon did not log {needle:?} {count} times within {HANG_LIMIT:?}:\n{log}"
+        );
+    }
+
+    /// SIGKILL, as a crash would; returns the log.
+    pub fn kill(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        self.log()
     }
 
     pub fn pid(&self) -> u32 {
@@ -128,7 +161,7 @@ impl Drop for Daemon {
 
 /// Runs `vblkd ARGS...` to completion, returning its exit code and stderr.
 pub fn run_vblkd(args: &[&str]) -> (i32, String) {
-    let out = Command::new(VBLKD).args(args).output().unwrap();
+    let out = Command::new(vblkd_bin()).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
