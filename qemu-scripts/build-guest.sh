@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Builds, once, the guest the QEMU tests boot: Debian's kernel (from the linux-image-*-amd64
 # package) and a busybox-static initramfs whose /init (guest-init) loads the virtio-blk driver
-# stack and runs the disk test named on the kernel command line.
+# stack and runs the disk test named on the kernel command line (vblkd.test=...), with the
+# crash test's workload (guest-workload/, built here as a static binary).
 #
 # Output, in $VBLKD_GUEST_CACHE (default qemu-scripts/.cache): vmlinuz, initrd.gz and
 # pattern.bin (the random data the guest writes, kept so the host can check its disk file).
-# Rebuilt when guest-init changes. Needs: apt-get (after apt-get update), dpkg, busybox-static,
-# cpio, gzip -- scripts/setup installs them.
+# Rebuilt when guest-init or the workload changes. Needs: apt-get (after apt-get update), dpkg,
+# busybox-static, cpio, gzip, cargo and the static C library (libc6-dev) -- scripts/setup
+# installs them.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${VBLKD_GUEST_CACHE:-$here/.cache}
 mkdir -p "$cache"
 
-if [[ -f $cache/vmlinuz && -f $cache/pattern.bin && $cache/initrd.gz -nt $here/guest-init ]]; then
+workload=$here/guest-workload
+newest_source=$(ls -t "$here/guest-init" "$workload/Cargo.toml" "$workload"/src/*.rs | head -1)
+if [[ -f $cache/vmlinuz && -f $cache/pattern.bin && $cache/initrd.gz -nt $newest_source ]]; then
     exit 0
 fi
 
@@ -45,6 +49,12 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
 done
 cp "$here/guest-init" "$root/init"
 chmod +x "$root/init"
+# A static binary: the initramfs has no C library.
+echo "build-guest: building the guest workload" >&2
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --locked \
+    --manifest-path "$workload/Cargo.toml" --target x86_64-unknown-linux-gnu \
+    --target-dir "$cache/workload-target"
+cp "$cache/workload-target/x86_64-unknown-linux-gnu/release/vblkd-guest-workload" "$root/bin/workload"
 head -c $((4 << 20)) /dev/urandom >"$root/pattern.bin"
 
 cp "$work"/pkg/boot/vmlinuz-* "$cache/vmlinuz"

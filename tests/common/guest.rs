@@ -125,3 +125,90 @@ pub fn check_guest(daemon: Daemon, file: &Path, serial: Option<&str>) {
         "single-sector writes differ"
     );
 }
+
+/// A guest that keeps running while the test talks to it over its console: the crash test.
+pub struct RunningGuest {
+    qemu: std::process::Child,
+    stdin: std::process::ChildStdin,
+    /// The "VBLKD ..." lines, without the prefix, as the guest prints them.
+    lines: mpsc::Receiver<String>,
+}
+
+impl RunningGuest {
+    /// Boots the guest against `socket`, running `test` (`VBLKD_GUEST_TEST`, see
+    /// boot-guest.sh).
+    pub fn start(socket: &Path, test: &str) -> RunningGuest {
+        build_guest();
+        let mut qemu = Command::new(scripts().join("boot-guest.sh"))
+            .arg(socket)
+            .arg("2")
+            .env("VBLKD_GUEST_TEST", test)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start qemu");
+        let stdin = qemu.stdin.take().unwrap();
+        let stdout = qemu.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[guest] {line}");
+                if let Some(at) = line.find("VBLKD ") {
+                    if tx.send(line[at + 6..].trim().to_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        RunningGuest { qemu, stdin, lines }
+    }
+
+    /// The next report line; fails the test if none comes within `limit`.
+    pub fn next(&self, limit: Duration, waiting_for: &str) -> String {
+        match self.lines.recv_timeout(limit) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the guest reported nothing within {limit:?} while {waiting_for}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the guest's console closed while {waiting_for}")
+            }
+        }
+    }
+
+    /// Writes one line to the guest's console.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits for QEMU to exit (the guest powers off), failing after [`HANG_LIMIT`]. Lines the
+    /// guest still prints are returned.
+    pub fn wait_exit(mut self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + HANG_LIMIT;
+        let mut rest = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => rest.push(line),
+                // The console closes when QEMU exits.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the guest did not power off within {HANG_LIMIT:?}")
+                }
+            }
+        }
+        let status = self.qemu.wait().unwrap();
+        assert!(status.success(), "qemu exited with {status}");
+        rest
+    }
+}
+
+impl Drop for RunningGuest {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}

@@ -494,3 +494,159 @@ fn well_formed_indirect_chain_parses() {
     );
     assert_eq!(r.unwrap().data_len, 512);
 }
+
+/// The parser against arbitrary descriptor chains: loops, indirect tables, addresses and
+/// lengths anywhere (in memory, across its end, near `u64::MAX`), any flags, any request type
+/// and sector. Whatever it returns, it must not panic, and every byte it lets the engine touch
+/// must be guest memory. Runs `PROPTEST_CASES` cases (5000 by default); for a long run:
+/// `PROPTEST_CASES=2000000 cargo test --release --lib any_chain`.
+mod property {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use virtio_queue::DescriptorChain;
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+    use super::*;
+
+    const INDIRECT_TABLE: u64 = 0x7000;
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5000)
+    }
+
+    fn addr() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            (0..MEM_END / 0x1000).prop_map(|page| page * 0x1000),
+            (0..MEM_END / 0x1000).prop_map(|page| page * 0x1000 + 16),
+            Just(INDIRECT_TABLE),
+            0..MEM_END,
+            (REGION_SPLIT - 0x1000)..(REGION_SPLIT + 0x1000),
+            (MEM_END - 0x1000)..(MEM_END + 0x1000),
+            (u64::MAX - 0x1000)..=u64::MAX,
+            any::<u64>(),
+        ]
+    }
+
+    fn len() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            Just(1u32),
+            Just(16),
+            Just(32),
+            Just(512),
+            Just(4096),
+            0..64u32,
+            0..0x2_0000u32,
+            any::<u32>(),
+        ]
+    }
+
+    fn flags() -> impl Strategy<Value = u16> {
+        // NEXT, WRITE and INDIRECT in every combination, and garbage.
+        prop_oneof![0..8u16, any::<u16>()]
+    }
+
+    fn descriptor() -> impl Strategy<Value = Descriptor> {
+        (addr(), len(), flags(), prop_oneof![0..24u16, any::<u16>()])
+            .prop_map(|(a, l, f, n)| Descriptor::new(a, l, f, n))
+    }
+
+    fn request_type() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            Just(VIRTIO_BLK_T_IN),
+            Just(VIRTIO_BLK_T_OUT),
+            Just(VIRTIO_BLK_T_FLUSH),
+            Just(VIRTIO_BLK_T_GET_ID),
+            Just(VIRTIO_BLK_T_DISCARD),
+            Just(VIRTIO_BLK_T_WRITE_ZEROES),
+            any::<u32>(),
+        ]
+    }
+
+    fn sector() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0..4096u64,
+            (1u64 << 20) / 512 - 8..(1u64 << 20) / 512 + 8,
+            any::<u64>()
+        ]
+    }
+
+    /// Whether `[base, base + len)` lies within one mapped region of `mem`.
+    fn is_guest_memory(mem: &GuestMemory, base: usize, len: usize) -> bool {
+        mem.iter().any(|region| {
+            let start = region.as_ptr() as usize;
+            let end = start + region.len() as usize;
+            base >= start && base.checked_add(len).is_some_and(|e| e <= end)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn any_chain_is_parsed_safely(
+            table in vec(descriptor(), 1..24),
+            indirect in vec(descriptor(), 0..8),
+            headers in vec((request_type(), sector(), sector(), any::<u32>(), 0..4u32), 16),
+            head in prop_oneof![0..24u16, any::<u16>()],
+            queue_size in prop_oneof![Just(16u16), Just(256)],
+            read_only in any::<bool>(),
+        ) {
+            thread_local!(static MEM: GuestMemory = memory());
+            let mem = MEM.with(|m| m.clone());
+            // Fresh descriptor tables; the rest of memory may keep earlier cases' bytes.
+            mem.write_slice(&[0u8; 0x8000], GuestAddress(0)).unwrap();
+            for (i, d) in table.iter().enumerate() {
+                mem.write_obj(*d, GuestAddress(16 * i as u64)).unwrap();
+            }
+            for (i, d) in indirect.iter().enumerate() {
+                mem.write_obj(*d, GuestAddress(INDIRECT_TABLE + 16 * i as u64)).unwrap();
+            }
+            // A request header (and a discard segment after it) at the start of pages that
+            // descriptors are likely to point at.
+            for (page, &(ty, sector, seg_sector, seg_count, seg_flags)) in headers.iter().enumerate() {
+                let at = 0x8000 + 0x1000 * page as u64;
+                header(&mem, at, ty, sector);
+                mem.write_obj(seg_sector.to_le(), GuestAddress(at + 16)).unwrap();
+                mem.write_obj(seg_count.to_le(), GuestAddress(at + 24)).unwrap();
+                mem.write_obj(seg_flags.to_le(), GuestAddress(at + 28)).unwrap();
+            }
+            let limits = Limits { read_only, ..limits() };
+            let chain = DescriptorChain::new(&mem, GuestAddress(0), queue_size, head);
+            let mut iov = Vec::new();
+            match parse(chain, &mem, &limits, &mut Scratch::default(), &mut iov) {
+                Ok(req) => {
+                    prop_assert!(mem.check_range(req.status, 1));
+                    for v in &iov {
+                        let inside = is_guest_memory(&mem, v.iov_base as usize, v.iov_len);
+                        prop_assert!(inside, "iovec outside guest memory for {:?}", req);
+                    }
+                    let total: usize = iov.iter().map(|v| v.iov_len).sum();
+                    match req.kind {
+                        RequestKind::Read { offset } | RequestKind::Write { offset } => {
+                            prop_assert_eq!(total, req.data_len);
+                            prop_assert_eq!(offset % 512, 0);
+                            prop_assert!(offset + req.data_len as u64 <= limits.capacity);
+                            prop_assert!(req.data_len as u64 <= limits.max_data_bytes);
+                            let is_read = matches!(req.kind, RequestKind::Read { .. });
+                            prop_assert!(!read_only || is_read, "a write to a read-only disk");
+                        }
+                        RequestKind::GetId => prop_assert_eq!(total, req.data_len),
+                        RequestKind::Discard { offset, len }
+                        | RequestKind::WriteZeroes { offset, len, .. } => {
+                            prop_assert!(!read_only);
+                            prop_assert!(offset.checked_add(len).is_some_and(|e| e <= limits.capacity));
+                        }
+                        RequestKind::Flush => {}
+                    }
+                }
+                Err(Rejected { status: Some(status), .. }) => {
+                    prop_assert!(mem.check_range(status, 1));
+                }
+                Err(Rejected { status: None, .. }) => {}
+            }
+        }
+    }
+}
