@@ -452,4 +452,116 @@ mod tests {
         );
         assert!(parse_identify(&id[..100]).is_none());
     }
+
+    /// The decoder against arbitrary frames (mostly AoE-shaped, some garbage) and mutations of
+    /// valid ones: it must not panic, must not read past the frame, and must hand back what
+    /// the frame says. `PROPTEST_CASES` cases (5000 by default); a long run:
+    /// `PROPTEST_CASES=2000000 cargo test --release --lib aoe::frame`.
+    mod property {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn cases() -> u32 {
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5000)
+        }
+
+        /// Bytes that start like an AoE frame (ethertype and version right, or nearly) far
+        /// more often than chance would have them.
+        fn frame() -> impl Strategy<Value = Vec<u8>> {
+            (
+                vec(any::<u8>(), 0..1100),
+                prop_oneof![Just(ETHERTYPE), any::<u16>()],
+                prop_oneof![Just(VERSION << 4 | FLAG_RESPONSE), any::<u8>()],
+                prop_oneof![Just(CMD_ATA), Just(CMD_CONFIG), any::<u8>()],
+                any::<u16>(),
+            )
+                .prop_map(|(mut bytes, ethertype, version, command, config_len)| {
+                    if bytes.len() >= CONFIG_HEADER_LEN {
+                        bytes[12..14].copy_from_slice(&ethertype.to_be_bytes());
+                        bytes[14] = version;
+                        bytes[19] = command;
+                        bytes[30..32].copy_from_slice(&(config_len % 1100).to_be_bytes());
+                    }
+                    bytes
+                })
+        }
+
+        fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+            match parse(bytes) {
+                Ok(Frame::Ata { header, data, .. }) => {
+                    prop_assert_eq!(header.command, CMD_ATA);
+                    prop_assert_eq!(data.len(), bytes.len() - ATA_HEADER_LEN);
+                }
+                Ok(Frame::Config { header, arg }) => {
+                    prop_assert_eq!(header.command, CMD_CONFIG);
+                    prop_assert_eq!(arg.config.len(), usize::from(be16(bytes, 30)));
+                }
+                Ok(Frame::Other(header)) => {
+                    prop_assert!(header.command != CMD_ATA && header.command != CMD_CONFIG);
+                }
+                Err(FrameError::Truncated { len, need }) => {
+                    prop_assert_eq!(len, bytes.len());
+                    prop_assert!(need > len);
+                }
+                Err(FrameError::NotAoe(_) | FrameError::Version(_)) => {}
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+            #[test]
+            fn any_frame_is_decoded_safely(bytes in frame()) {
+                check(&bytes)?;
+            }
+
+            #[test]
+            fn a_damaged_ata_reply_is_decoded_safely(
+                tag in any::<u32>(),
+                arg in (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), 0..1u64 << 48),
+                data in vec(any::<u8>(), 0..1024),
+                damage in vec((any::<usize>(), any::<u8>()), 0..6),
+                cut in any::<usize>(),
+            ) {
+                let h = Header { tag, ..header(CMD_ATA, FLAG_RESPONSE) };
+                let a = AtaArg {
+                    aflags: arg.0,
+                    err_feature: arg.1,
+                    sector_count: arg.2,
+                    cmd_status: arg.3,
+                    lba: arg.4,
+                };
+                let mut head = [0u8; ATA_HEADER_LEN];
+                encode_ata(&mut head, &h, &a);
+                let mut bytes = head.to_vec();
+                bytes.extend_from_slice(&data);
+                // Undamaged, it decodes to what was encoded.
+                prop_assert_eq!(
+                    parse(&bytes),
+                    Ok(Frame::Ata { header: h, arg: a, data: &data[..] })
+                );
+                for (at, value) in damage {
+                    let at = at % bytes.len();
+                    bytes[at] = value;
+                }
+                bytes.truncate(cut % (bytes.len() + 1));
+                check(&bytes)?;
+            }
+
+            #[test]
+            fn any_identify_data_is_decoded_safely(data in vec(any::<u8>(), 0..1100)) {
+                let id = parse_identify(&data);
+                prop_assert_eq!(id.is_some(), data.len() >= SECTOR);
+                if let Some(id) = id {
+                    prop_assert!(id.serial.len() <= 20);
+                }
+            }
+        }
+    }
 }
