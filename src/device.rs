@@ -36,6 +36,7 @@ use crate::blk::config::{
 };
 use crate::disk::{Disk, DiskError};
 use crate::inflight::InflightBuffer;
+use crate::ratelimit::limited;
 use crate::worker::{QueueWorker, WorkerConfig};
 use crate::GuestMemory;
 
@@ -182,13 +183,15 @@ impl VhostUserBackend for BlockDevice {
         match (offset, buf) {
             (WRITEBACK_OFFSET, [wce]) => {
                 let on = *wce != 0;
-                log::info!(
+                limited!(
+                    log::Level::Info,
                     "guest turned the write cache {}",
                     if on { "on" } else { "off" }
                 );
                 self.write_cache.store(on, Ordering::Relaxed);
             }
-            _ => log::warn!(
+            _ => limited!(
+                log::Level::Warn,
                 "ignoring a {}-byte write to read-only config space at offset {offset}",
                 buf.len()
             ),

@@ -201,7 +201,8 @@ impl QueueWorker {
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
         if queue.size() > inflight.desc_num() {
-            log::warn!(
+            limited!(
+                Warn,
                 "queue {}: the in-flight buffer tracks {} descriptors but the ring has {}; \
                  requests on this queue are not tracked",
                 self.index,
@@ -236,7 +237,7 @@ impl QueueWorker {
         }
         self.inflight = Some(inflight);
         if let Err(e) = self.engine.submit() {
-            log::error!("queue {}: submitting I/O failed: {e}", self.index);
+            limited!(Error, "queue {}: submitting I/O failed: {e}", self.index);
         }
         self.publish(&mut state, &mem);
     }
@@ -402,7 +403,7 @@ impl QueueWorker {
 
     fn submit_and_publish(&mut self, state: &mut Vring, mem: &GuestMemory, reaper: Reaper) {
         if let Err(e) = self.engine.submit() {
-            log::error!("queue {}: submitting I/O failed: {e}", self.index);
+            limited!(Error, "queue {}: submitting I/O failed: {e}", self.index);
         }
         // Cheap check: buffered reads and the like may have completed during submission.
         self.reap(reaper);
@@ -414,7 +415,7 @@ impl QueueWorker {
     pub fn drain(&mut self) {
         while self.in_flight > 0 {
             if let Err(e) = wait_for_completions(&*self.engine, 1000) {
-                log::error!("queue {}: waiting for I/O failed: {e}", self.index);
+                limited!(Error, "queue {}: waiting for I/O failed: {e}", self.index);
                 return;
             }
             self.reap(Reaper::Reap);

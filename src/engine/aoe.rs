@@ -39,6 +39,7 @@ use crate::aoe::gather::ReplyGathering;
 use crate::aoe::ring::RxRing;
 use crate::aoe::socket::{RawSocket, TxBatch};
 use crate::iov;
+use crate::ratelimit::limited;
 
 /// What every engine of one AoE disk shares: where the target is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -505,7 +506,8 @@ impl Initiator {
             if let Some(r) = self.requests[req].as_mut() {
                 r.error.get_or_insert(libc::EIO);
             }
-            log::warn!(
+            limited!(
+                log::Level::Warn,
                 "AoE request timed out after {:?}; failing it",
                 self.target.deadline
             );

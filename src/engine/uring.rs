@@ -17,6 +17,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{drain_eventfd, Completion, Engine, IoOp, ThreadPool};
+use crate::ratelimit::limited;
 
 /// The io_uring engine of one queue.
 pub struct UringEngine {
@@ -80,7 +81,7 @@ impl UringEngine {
             // The submission queue is sized to the engine's capacity, so it can only be full
             // if the kernel has not consumed earlier entries yet; hand them over and retry.
             if let Err(e) = self.ring.submit() {
-                log::error!("io_uring submit failed: {e}");
+                limited!(log::Level::Error, "io_uring submit failed: {e}");
             }
             self.unsubmitted = 0;
         }
