@@ -46,26 +46,30 @@ fn reconnecting_frontends_leak_no_fds_and_no_memory() {
         ],
     );
     let pid = daemon.pid();
+    // One connection: attach, read, and (while still attached, when the previous connection
+    // is entirely gone and this one entirely built) count the daemon's fds and memory.
     let cycle = |i: usize| {
-        {
+        let usage = {
             let setup = Setup {
                 inflight: (i % 2 == 0).then_some(None),
                 ..Setup::default()
             };
             let mut guest = Guest::attach_with(&daemon.socket, setup);
             assert_eq!(guest.read(8, 4096).0, 0, "read in connection {i}");
-        }
-        // The daemon is between connections (and has built the next device) once it says so.
+            (open_fds(pid), rss_kib(pid))
+        };
         daemon.wait_for_log("frontend disconnected", i + 1);
+        usage
     };
-    for i in 0..WARM_UP {
+    for i in 0..WARM_UP - 1 {
         cycle(i);
     }
-    let (fds, rss) = (open_fds(pid), rss_kib(pid));
-    for i in WARM_UP..WARM_UP + CYCLES {
+    let (fds, rss) = cycle(WARM_UP - 1);
+    for i in WARM_UP..WARM_UP + CYCLES - 1 {
         cycle(i);
     }
-    let (fds_after, rss_after) = (open_fds(pid), rss_kib(pid));
+    // Same parity as the warm-up's last connection: both without an in-flight buffer.
+    let (fds_after, rss_after) = cycle(WARM_UP + CYCLES - 1);
     eprintln!(
         "after {WARM_UP} connections: {fds} fds, {rss} KiB resident; after {} more: {fds_after} \
          fds, {rss_after} KiB",
