@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blkio::ReqFlags;
+use common::frontend::{Guest, Setup};
 use common::workload::{random_io, BUFFER_BYTES};
 use common::{first_difference, Client, Daemon, Rng};
 use vblkd::aoe::frame::{
@@ -430,6 +431,68 @@ fn aoe_recovers_when_the_target_restarts_during_io() {
         "vblade's file differs"
     );
     assert!(daemon.stop().success());
+}
+
+/// In-flight tracking covers the AoE engine too: 32 writes left unanswered (vblade is gone),
+/// vblkd SIGKILLed, vblade back, a new vblkd handed the frontend's in-flight buffer: every
+/// write completes and lands in vblade's file.
+#[test]
+fn aoe_requests_in_flight_at_a_crash_are_resubmitted() {
+    const WRITES: u16 = 32;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut rig = Rig::new(dir.path(), 9000);
+    let daemon = rig.daemon(dir.path(), &["--queue-size", "128"]);
+    let setup = |inflight, memory| Setup {
+        queue_size: 128,
+        inflight: Some(inflight),
+        memory,
+        base: 0,
+    };
+    let mut guest = Guest::attach_with(&daemon.socket, setup(None, None));
+    let block = |slot: u16| -> Vec<u8> { (0..4096u32).map(|i| (i as u16 ^ slot) as u8).collect() };
+    rig.kill_vblade();
+    let heads: Vec<u16> = (0..WRITES)
+        .map(|slot| guest.place_request(slot, 64 + u64::from(slot) * 8, Some(&block(slot))))
+        .collect();
+    guest.make_available(&heads);
+    guest.kick.write(1).unwrap();
+    // The daemon marks each request before its first frame goes out.
+    let deadline = std::time::Instant::now() + common::HANG_LIMIT;
+    while guest.heads_in_flight() < usize::from(WRITES) {
+        assert!(std::time::Instant::now() < deadline, "requests not taken");
+        std::thread::yield_now();
+    }
+    daemon.kill();
+    assert_eq!(
+        guest.used_idx(),
+        0,
+        "nothing can have completed without a target"
+    );
+    let (memory, inflight) = (guest.mem_file.try_clone().unwrap(), guest.inflight.take());
+    drop(guest);
+
+    rig.start_vblade();
+    let daemon = rig.daemon(dir.path(), &["--queue-size", "128"]);
+    let mut guest = Guest::attach_with(&daemon.socket, setup(inflight, Some(memory)));
+    assert_eq!(
+        guest.wait_used(usize::from(WRITES)).len(),
+        usize::from(WRITES)
+    );
+    for slot in 0..WRITES {
+        assert_eq!(guest.slot_status(slot), 0, "write {slot}");
+    }
+    drop(guest);
+    let (status, log) = daemon.stop_with_log();
+    assert!(status.success());
+    assert!(log.contains("resubmitting 32 requests"), "{log}");
+    let file = std::fs::read(&rig.file).unwrap();
+    for slot in 0..WRITES {
+        let at = (64 + usize::from(slot) * 8) * 512;
+        assert!(
+            file[at..at + 4096] == block(slot)[..],
+            "block {slot} in vblade's file"
+        );
+    }
 }
 
 /// Enters network namespace `ns` on the calling thread only.

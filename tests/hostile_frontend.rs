@@ -534,11 +534,11 @@ fn a_message_body_may_arrive_in_pieces() {
 
 /// The heart of in-flight tracking, without QEMU: 32 writes in flight, SIGKILL, a new daemon,
 /// the same frontend state (its memory and the in-flight buffer) and the ring restarted at the
-/// used index, as QEMU restarts it. Every write must complete, and reach the disk.
-#[test]
-fn requests_in_flight_at_a_crash_are_resubmitted() {
+/// used index, as QEMU restarts it. Every write must complete, and reach the disk. Once per
+/// engine (the AoE engine's test is in tests/aoe.rs).
+fn requests_in_flight_at_a_crash_are_resubmitted(aio: &str) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (disk, daemon) = slow_setup(dir.path(), "io_uring", 25);
+    let (disk, daemon) = slow_setup(dir.path(), aio, 25);
     let mut guest = Guest::attach_with(
         &daemon.socket,
         Setup {
@@ -555,7 +555,10 @@ fn requests_in_flight_at_a_crash_are_resubmitted() {
     let inflight = guest.inflight.take();
     drop(guest);
 
-    let daemon = Daemon::start(dir.path(), &["--disk", disk.path(), "--queue-size", "128"]);
+    let daemon = Daemon::start(
+        dir.path(),
+        &["--disk", disk.path(), "--aio", aio, "--queue-size", "128"],
+    );
     disk.throttle.add(daemon.pid());
     let mut guest = Guest::attach_with(
         &daemon.socket,
@@ -588,4 +591,19 @@ fn requests_in_flight_at_a_crash_are_resubmitted() {
             "block {slot} on disk"
         );
     }
+}
+
+#[test]
+fn requests_in_flight_at_a_crash_are_resubmitted_io_uring() {
+    requests_in_flight_at_a_crash_are_resubmitted("io_uring");
+}
+
+#[test]
+fn requests_in_flight_at_a_crash_are_resubmitted_native() {
+    requests_in_flight_at_a_crash_are_resubmitted("native");
+}
+
+#[test]
+fn requests_in_flight_at_a_crash_are_resubmitted_threads() {
+    requests_in_flight_at_a_crash_are_resubmitted("threads");
 }

@@ -345,6 +345,20 @@ impl Guest {
         payload
     }
 
+    /// How many heads of queue 0 the in-flight buffer marks as taken and not completed (the
+    /// daemon's bookkeeping, which the frontend can read: the vhost-user layout, a 16-byte
+    /// header then 16 bytes per descriptor, the first of them the in-flight flag).
+    pub fn heads_in_flight(&self) -> usize {
+        use std::os::unix::fs::FileExt;
+        let (info, file) = self.inflight.as_ref().expect("an in-flight buffer");
+        let mut region = vec![0u8; 16 + 16 * usize::from(info.queue_size)];
+        file.read_exact_at(&mut region, info.mmap_offset).unwrap();
+        region[16..]
+            .chunks(16)
+            .filter(|entry| entry[0] == 1)
+            .count()
+    }
+
     pub fn slot_status(&self, slot: u16) -> u8 {
         self.mem
             .read_obj(GuestAddress(SLOT_STATUS + u64::from(slot)))
