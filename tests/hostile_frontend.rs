@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use common::blockdev::SlowDisk;
 use common::frontend::{
-    code, memfd, vring_state, Guest, RawFrontend, Setup, ANSWER_LIMIT, MEM_SIZE, SLOT_DATA_LEN,
+    code, disk_with_pattern, memfd, vring_state, Guest, RawFrontend, Setup, ANSWER_LIMIT,
+    DISK_BYTES, MEM_SIZE, SLOT_DATA_LEN,
 };
 use common::Daemon;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -24,15 +25,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK;
 use vmm_sys_util::eventfd::EventFd;
 
-const DISK_BYTES: u64 = 1 << 20;
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
-
-fn disk_with_pattern(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
-    let path = dir.join("disk.img");
-    let data: Vec<u8> = (0..DISK_BYTES).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(&path, &data).unwrap();
-    (path, data)
-}
 
 /// After whatever the test did: a fresh, well-behaved frontend is served correctly.
 fn still_serves(daemon: &mut Daemon, data: &[u8]) {
@@ -128,6 +121,25 @@ fn block(slot: u16) -> Vec<u8> {
         .collect()
 }
 
+/// Every request of [`start_requests`] completed with status OK.
+fn assert_all_ok(guest: &Guest) {
+    for slot in 0..IN_FLIGHT {
+        assert_eq!(guest.slot_status(slot), OK, "request {slot}");
+    }
+}
+
+/// The disk holds every block the writes of [`start_requests`] wrote.
+fn assert_blocks_written(disk: &SlowDisk) {
+    let file = std::fs::read(&disk.file).unwrap();
+    for slot in 0..IN_FLIGHT {
+        let at = usize::from(slot) * 4096;
+        assert!(
+            file[at..at + 4096] == block(slot)[..],
+            "block {slot} on disk"
+        );
+    }
+}
+
 /// Places `IN_FLIGHT` 4 KiB writes (or reads) to consecutive blocks, kicks, and returns once
 /// the first completed (so the daemon has taken them all), checking that most are still in
 /// flight.
@@ -170,20 +182,11 @@ fn get_vring_base_waits_for_writes_in_flight(aio: &str) {
         usize::from(IN_FLIGHT),
         "every write completed first"
     );
-    for slot in 0..IN_FLIGHT {
-        assert_eq!(guest.slot_status(slot), OK, "write {slot}");
-    }
+    assert_all_ok(&guest);
     drop(guest);
     assert!(daemon.is_running());
     assert!(daemon.stop().success());
-    let file = std::fs::read(&disk.file).unwrap();
-    for slot in 0..IN_FLIGHT {
-        let at = usize::from(slot) * 4096;
-        assert!(
-            file[at..at + 4096] == block(slot)[..],
-            "block {slot} on disk"
-        );
-    }
+    assert_blocks_written(&disk);
 }
 
 #[test]
@@ -573,9 +576,7 @@ fn requests_in_flight_at_a_crash_are_resubmitted(aio: &str) {
     assert!(lost > 0 && done_before <= usize::from(used));
     let rest = guest.wait_used(lost);
     assert_eq!(rest.len(), lost);
-    for slot in 0..IN_FLIGHT {
-        assert_eq!(guest.slot_status(slot), OK, "write {slot}");
-    }
+    assert_all_ok(&guest);
     drop(guest);
     let (status, log) = daemon.stop_with_log();
     assert!(status.success());
@@ -583,14 +584,7 @@ fn requests_in_flight_at_a_crash_are_resubmitted(aio: &str) {
         log.contains(&format!("resubmitting {lost} requests")),
         "{log}"
     );
-    let file = std::fs::read(&disk.file).unwrap();
-    for slot in 0..IN_FLIGHT {
-        let at = usize::from(slot) * 4096;
-        assert!(
-            file[at..at + 4096] == block(slot)[..],
-            "block {slot} on disk"
-        );
-    }
+    assert_blocks_written(&disk);
 }
 
 #[test]

@@ -7,9 +7,11 @@
 mod common;
 
 use std::os::fd::AsRawFd;
-use std::path::Path;
 
-use common::frontend::{chain, memfd, Guest, DATA, HDR, MEM_SIZE, NEXT, STATUS, UNTOUCHED, W};
+use common::frontend::{
+    chain, disk_with_pattern, memfd, Guest, DATA, DISK_BYTES, HDR, MEM_SIZE, NEXT, STATUS,
+    UNTOUCHED, W,
+};
 use common::Daemon;
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::VhostUserFrontend;
@@ -18,15 +20,6 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-
-const DISK_BYTES: u64 = 1 << 20;
-
-fn disk_with_pattern(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
-    let path = dir.join("disk.img");
-    let data: Vec<u8> = (0..DISK_BYTES).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(&path, &data).unwrap();
-    (path, data)
-}
 
 #[test]
 fn malformed_chains_get_errors_and_the_daemon_keeps_serving() {

@@ -50,6 +50,17 @@ const DESC_TABLE: u64 = 0x0;
 const AVAIL: u64 = 0x1000;
 const USED: u64 = 0x2000;
 
+/// The size of [`disk_with_pattern`]'s disk.
+pub const DISK_BYTES: u64 = 1 << 20;
+
+/// A 1 MiB disk file in `dir` holding a known pattern; returns its path and contents.
+pub fn disk_with_pattern(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let path = dir.join("disk.img");
+    let data: Vec<u8> = (0..DISK_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    (path, data)
+}
+
 pub fn memfd(size: u64) -> File {
     // SAFETY: memfd_create takes a NUL-terminated name and flags; we own the returned fd.
     let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
