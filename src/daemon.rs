@@ -151,6 +151,7 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         }
         daemon.start(&mut listener).map_err(vhost_error)?;
         log::info!("frontend connected");
+        let pages_gone = crate::sigbus::pages_replaced();
         *stop.connection.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
         if stop.requested() {
             daemon.request_shutdown();
@@ -162,6 +163,13 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
             .take();
         device.drain();
         stop_workers(&daemon);
+        let pages_gone = crate::sigbus::pages_replaced() - pages_gone;
+        if pages_gone > 0 {
+            log::warn!(
+                "{pages_gone} pages of guest memory vanished while in use (the frontend shrank \
+                 its memory file); they read as zeroes"
+            );
+        }
         match result {
             Ok(())
             | Err(vhost_user_backend::Error::HandleRequest(

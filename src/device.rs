@@ -25,7 +25,7 @@ use vhost::vhost_user::message::{
     VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
-use vm_memory::GuestMemoryAtomic;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -37,6 +37,7 @@ use crate::blk::config::{
 use crate::disk::{Disk, DiskError};
 use crate::inflight::InflightBuffer;
 use crate::ratelimit::limited;
+use crate::sigbus;
 use crate::worker::{QueueWorker, WorkerConfig};
 use crate::GuestMemory;
 
@@ -199,8 +200,12 @@ impl VhostUserBackend for BlockDevice {
         Ok(())
     }
 
-    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
-        // The workers hold the same GuestMemoryAtomic the library just updated.
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
+        // The workers hold the same GuestMemoryAtomic the library just updated. The frontend
+        // keeps the files behind it and could shrink them: guard every region against that.
+        for region in mem.memory().iter() {
+            sigbus::guard(region.as_ptr(), region.len() as usize);
+        }
         Ok(())
     }
 

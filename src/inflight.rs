@@ -139,7 +139,11 @@ impl InflightBuffer {
                 ),
             ));
         }
-        Self::map(file, offset, needed, num_queues, queue_size)
+        let buffer = Self::map(file, offset, needed, num_queues, queue_size)?;
+        // The frontend keeps this file and could shrink it (ours are sealed; this one may not
+        // be).
+        crate::sigbus::guard(buffer.base.as_ptr(), buffer.len);
+        Ok(buffer)
     }
 
     fn map(

@@ -17,6 +17,7 @@ pub mod engine;
 mod inflight;
 mod iov;
 mod ratelimit;
+pub mod sigbus;
 mod worker;
 
 /// Guest memory as the vhost-user library maps it (no dirty-page bitmap).

@@ -259,6 +259,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     // Before any thread exists, so that every thread inherits the mask.
     daemon::block_termination_signals()
         .map_err(|e| format!("cannot block termination signals: {e}"))?;
+    vblkd::sigbus::install().map_err(|e| format!("cannot install the SIGBUS handler: {e}"))?;
     let disk = open_disk(&args)?;
     log::info!(
         "{} queue(s) of {} entries",

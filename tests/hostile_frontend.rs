@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use common::blockdev::SlowDisk;
 use common::frontend::{
-    code, disk_with_pattern, memfd, vring_state, Guest, RawFrontend, Setup, ANSWER_LIMIT,
-    DISK_BYTES, MEM_SIZE, SLOT_DATA_LEN,
+    chain, code, disk_with_pattern, memfd, vring_state, Guest, RawFrontend, Setup, ANSWER_LIMIT,
+    DATA, DISK_BYTES, MEM_SIZE, SLOT_DATA_LEN, STATUS, W,
 };
 use common::Daemon;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -382,6 +382,36 @@ fn memory_regions_that_do_not_fit_their_files_are_refused() {
         );
         assert!(daemon.is_running(), "region {what}: {}", daemon.log());
     }
+    still_serves(&mut daemon, &data);
+    assert!(daemon.stop().success());
+}
+
+/// A frontend may shrink its memory file after the daemon mapped it (nothing stops it unless
+/// the file is sealed); the daemon's next access to that memory used to kill it with SIGBUS.
+#[test]
+fn a_memory_file_shrunk_under_the_daemon_does_not_crash_it() {
+    const EXTRA_GPA: u64 = 0x1000_0000;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (disk, data) = disk_with_pattern(dir.path());
+    let mut daemon = Daemon::start(dir.path(), &["--disk", disk.to_str().unwrap()]);
+    {
+        let mut guest = Guest::attach(&daemon.socket);
+        let extra = memfd(1 << 20);
+        let mut r = region(&extra, 1 << 20, 0);
+        r.guest_phys_addr = EXTRA_GPA;
+        guest.frontend.add_mem_region(&r).unwrap();
+        // The request header lives in the extra region, which then shrinks to nothing.
+        extra.set_len(0).unwrap();
+        let used = guest.submit(
+            &chain(&[(EXTRA_GPA, 16, 0), (DATA, 512, W), (STATUS, 1, W)]),
+            &[0],
+            1,
+        );
+        // The header read as zeroes: a read of sector 0.
+        assert_eq!(used, vec![(0, 513)]);
+        assert!(daemon.is_running());
+    }
+    daemon.wait_for_log("pages of guest memory vanished", 1);
     still_serves(&mut daemon, &data);
     assert!(daemon.stop().success());
 }
