@@ -102,6 +102,33 @@ fn a_vring_base_past_the_ring_breaks_only_that_ring() {
     assert!(daemon.stop().success());
 }
 
+/// Ring addresses that lie: inside guest memory where they start, past its end where they
+/// end (the avail index of a ring in the last two bytes). The daemon cannot read the ring, so
+/// it breaks only that ring.
+#[test]
+fn ring_addresses_that_run_off_guest_memory_break_only_that_ring() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (disk, data) = disk_with_pattern(dir.path());
+    let mut daemon = Daemon::start(dir.path(), &["--disk", disk.to_str().unwrap()]);
+    {
+        let mut guest = Guest::attach(&daemon.socket);
+        assert_eq!(guest.frontend.get_vring_base(0).unwrap(), 0);
+        let mut lying = guest.ring_config();
+        lying.avail_ring_addr = guest.host_base + MEM_SIZE - 2;
+        guest.frontend.set_vring_addr(0, &lying).unwrap();
+        guest.frontend.set_vring_call(0, &guest.call).unwrap();
+        guest.frontend.set_vring_kick(0, &guest.kick).unwrap();
+        guest.kick.write(1).unwrap();
+        daemon.wait_for_log("not serving it", 1);
+        assert_eq!(guest.frontend.get_vring_base(0).unwrap(), 0);
+        // Restarted with honest addresses, the ring is served again.
+        guest.start_ring(0);
+        assert_eq!(guest.read(2, 4096).1, data[1024..1024 + 4096]);
+    }
+    still_serves(&mut daemon, &data);
+    assert!(daemon.stop().success());
+}
+
 /// Starts a daemon on a slow disk (its I/O limited to `iops`) and a guest with a queue of 128.
 fn slow_setup(dir: &Path, aio: &str, iops: u32) -> (SlowDisk, Daemon) {
     let disk = SlowDisk::new(dir, DISK_BYTES, iops);
