@@ -196,9 +196,23 @@ impl QueueWorker {
         self.broken = false;
         self.inflight = None;
         self.taken = 0;
-        let Some(inflight) = inflight else { return };
         let mem = self.mem.memory().into_inner();
         let mut state = vring.get_mut();
+        if let Some(inflight) = inflight {
+            self.recover(&mut state, &mem, inflight);
+        }
+        // Requests the previous daemon completed after the frontend had hung up (a SIGTERM
+        // drains in-flight I/O after the connection closes) are in the used ring, but their
+        // interrupt went nowhere: the frontend had detached the guest's notifier. Without one
+        // now, the guest would wait for them forever. A spurious interrupt is harmless.
+        if let Err(e) = state.signal_used_queue() {
+            limited!(Warn, "queue {}: cannot signal the guest: {e}", self.index);
+        }
+    }
+
+    /// Takes the ring's region of the tracking buffer: repairs it, resubmits what it holds and
+    /// puts the avail ring after those requests.
+    fn recover(&mut self, state: &mut Vring, mem: &Arc<GuestMemory>, inflight: InflightQueue) {
         let queue = state.get_queue_mut();
         if queue.size() > inflight.desc_num() {
             limited!(
@@ -211,7 +225,7 @@ impl QueueWorker {
             );
             return;
         }
-        let used = match queue.used_idx(&*mem, Ordering::Acquire) {
+        let used = match queue.used_idx(&**mem, Ordering::Acquire) {
             Ok(used) => used.0,
             Err(e) => return self.mark_broken(&format!("its used ring is unusable ({e})")),
         };
@@ -229,8 +243,8 @@ impl QueueWorker {
             }
             let (desc_table, size) = (GuestAddress(queue.desc_table()), queue.size());
             for head in recovery.resubmit {
-                let chain = DescriptorChain::new(&*mem, desc_table, size, head);
-                if let Started::Done(len) = self.start_request(chain, &mem, size) {
+                let chain = DescriptorChain::new(&**mem, desc_table, size, head);
+                if let Started::Done(len) = self.start_request(chain, mem, size) {
                     self.finished.push((head, len));
                 }
             }
@@ -239,7 +253,7 @@ impl QueueWorker {
         if let Err(e) = self.engine.submit() {
             limited!(Error, "queue {}: submitting I/O failed: {e}", self.index);
         }
-        self.publish(&mut state, &mem);
+        self.publish(state, mem);
     }
 
     /// The ring is stopping (GET_VRING_BASE): completes what is in flight, and forgets the

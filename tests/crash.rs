@@ -1,6 +1,7 @@
 //! A crash or an upgrade loses no request: a real QEMU guest (TCG) keeps stamped O_DIRECT
 //! writes, flushes and reads in flight on a vblkd disk (qemu-scripts/guest-workload) while the
-//! host SIGKILLs the daemon again and again and starts a new one on the same socket and disk.
+//! host SIGKILLs the daemon again and again (and sometimes stops it with SIGTERM, as an
+//! upgrade would) and starts a new one on the same socket and disk.
 //! QEMU reconnects (`reconnect=1`) and hands the new daemon the in-flight buffer, which
 //! resubmits what its predecessor had taken but not completed. At the end the guest reads
 //! everything back. Pass: no I/O error in the guest, no hang, every acknowledged write on disk.
@@ -22,8 +23,11 @@ use common::blockdev::SlowDisk;
 use common::guest::RunningGuest;
 use common::Daemon;
 
-/// How many times the daemon is killed.
+/// How many times the daemon is killed (SIGKILL)...
 const KILLS: usize = 15;
+/// ... and, between those, how many times it is upgraded (SIGTERM: it finishes what is in
+/// flight and exits; the next one takes over).
+const UPGRADES: usize = 5;
 /// Acknowledged writes each daemon must serve before it is killed: proof that the guest's I/O
 /// resumed, and enough that many requests are in flight.
 const WRITES_PER_LIFE: u64 = 60;
@@ -77,12 +81,27 @@ fn start_peer(qsd: bool, dir: &Path, disk: &SlowDisk) -> Peer {
     peer
 }
 
-/// SIGKILL; returns the daemon's log (vblkd only).
-fn kill_peer(peer: Peer) -> String {
+/// SIGKILL, or SIGTERM for a `graceful` stop (which must then exit 0); returns the daemon's
+/// log (vblkd only).
+fn kill_peer(peer: Peer, graceful: bool) -> String {
     match peer {
+        Peer::Vblkd(d) if graceful => {
+            let (status, log) = d.stop_with_log();
+            assert!(
+                status.success(),
+                "vblkd exited with {status} on SIGTERM:\n{log}"
+            );
+            log
+        }
         Peer::Vblkd(d) => d.kill(),
         Peer::Qsd(mut c) => {
-            c.kill().unwrap();
+            let signal = if graceful {
+                libc::SIGTERM
+            } else {
+                libc::SIGKILL
+            };
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(i32::try_from(c.id()).unwrap(), signal) };
             c.wait().unwrap();
             String::new()
         }
@@ -151,9 +170,10 @@ fn a_qemu_guest_survives_repeated_daemon_crashes() {
         }
     }
     let mut logs = String::new();
-    for kill in 1..=KILLS {
-        run.serve(&guest, &format!("I/O resumes before kill {kill}"));
-        logs += &kill_peer(peer);
+    // Every fourth restart is an upgrade, the others crashes.
+    for life in 1..=KILLS + UPGRADES {
+        run.serve(&guest, &format!("I/O resumes before restart {life}"));
+        logs += &kill_peer(peer, life % 4 == 0);
         peer = start_peer(qsd, dir.path(), &disk);
     }
     run.serve(&guest, "I/O resumes after the last kill");
@@ -171,11 +191,12 @@ fn a_qemu_guest_survives_repeated_daemon_crashes() {
     let rest = guest.wait_exit();
     let mut errors = run.errors;
     errors.extend(rest.into_iter().filter(|l| l.starts_with("error")));
-    logs += &kill_peer(peer);
+    logs += &kill_peer(peer, true);
 
     let resubmissions = logs.lines().filter(|l| l.contains("resubmitting")).count();
     eprintln!(
-        "crash test: {KILLS} kills; guest: {result}; {resubmissions} restarts resubmitted requests"
+        "crash test: {KILLS} kills, {UPGRADES} upgrades; guest: {result}; {resubmissions} queue \
+         restarts resubmitted requests"
     );
     assert!(errors.is_empty(), "the guest saw errors: {errors:#?}");
     assert_eq!(field(&result, "errors"), 0, "{result}");
