@@ -259,13 +259,22 @@ where
     /// Ensures that notifications are handled only while the vring is both started and enabled
     /// and that no notifications are lost.
     fn update_vring_registration(&self, vring: &T::Vring, index: u8) -> VhostUserResult<()> {
+        let watched = {
+            let vring_state = vring.get_ref();
+            vring_state.get_queue().ready() && vring_state.is_enabled()
+        };
+        self.set_kick_watched(vring, index, watched)
+    }
+
+    /// Puts the vring's current kick fd into its thread's epoll set, or takes it out.
+    fn set_kick_watched(&self, vring: &T::Vring, index: u8, watched: bool) -> VhostUserResult<()> {
         let vring_state = vring.get_ref();
         if let Some(fd) = vring_state.get_kick() {
             for (thread_index, queues_mask) in self.queues_per_thread.iter().enumerate() {
                 let shifted_queues_mask = queues_mask >> index;
                 if shifted_queues_mask & 1u64 == 1u64 {
                     let evt_idx = queues_mask.count_ones() - shifted_queues_mask.count_ones();
-                    if vring_state.get_queue().ready() && vring_state.is_enabled() {
+                    if watched {
                         if let Err(e) = self.handlers[thread_index].register_event(
                             fd.as_raw_fd(),
                             EventSet::IN,
@@ -546,15 +555,12 @@ where
             .vrings
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
-        let enabled = vring.get_ref().is_enabled();
 
         let file = file.map(nonblocking_eventfd).transpose()?;
         // A running vring's kick fd is in its thread's epoll set. Take it out before it is
         // replaced: the frontend still holds the old eventfd, so the registration would
         // outlive our copy and report kicks for an fd we no longer read.
-        vring.set_enabled(false);
-        self.update_vring_registration(vring, index)?;
-        vring.set_enabled(enabled);
+        self.set_kick_watched(vring, index, false)?;
 
         // SAFETY: EventFd requires that it has sole ownership of its fd. So
         // does File, so this is safe.
