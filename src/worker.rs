@@ -205,9 +205,7 @@ impl QueueWorker {
         // drains in-flight I/O after the connection closes) are in the used ring, but their
         // interrupt went nowhere: the frontend had detached the guest's notifier. Without one
         // now, the guest would wait for them forever. A spurious interrupt is harmless.
-        if let Err(e) = state.signal_used_queue() {
-            limited!(Warn, "queue {}: cannot signal the guest: {e}", self.index);
-        }
+        self.signal_guest(&state);
     }
 
     /// Takes the ring's region of the tracking buffer: repairs it, resubmits what it holds and
@@ -250,10 +248,7 @@ impl QueueWorker {
             }
         }
         self.inflight = Some(inflight);
-        if let Err(e) = self.engine.submit() {
-            limited!(Error, "queue {}: submitting I/O failed: {e}", self.index);
-        }
-        self.publish(state, mem);
+        self.submit_and_publish(state, mem, Reaper::Reap);
     }
 
     /// The ring is stopping (GET_VRING_BASE): completes what is in flight, and forgets the
@@ -648,13 +643,15 @@ impl QueueWorker {
         }
         match state.needs_notification() {
             Ok(false) => {}
-            Ok(true) | Err(_) => {
-                if let Err(e) = state.signal_used_queue() {
-                    // A full (or closed) call eventfd: the frontend's problem, not a reason
-                    // to stop; the next signal tries again.
-                    limited!(Warn, "queue {}: cannot signal the guest: {e}", self.index);
-                }
-            }
+            Ok(true) | Err(_) => self.signal_guest(state),
+        }
+    }
+
+    fn signal_guest(&self, state: &Vring) {
+        if let Err(e) = state.signal_used_queue() {
+            // A full (or closed) call eventfd: the frontend's problem, not a reason to stop;
+            // the next signal tries again.
+            limited!(Warn, "queue {}: cannot signal the guest: {e}", self.index);
         }
     }
 }
