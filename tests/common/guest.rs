@@ -39,40 +39,17 @@ pub fn build_guest() {
     });
 }
 
-/// Boots the guest against `socket` and returns its "VBLKD key value" report lines.
+/// Boots the guest against `socket`, runs the disk checks and returns its "VBLKD key value"
+/// report lines once it powered off.
 pub fn boot(socket: &std::path::Path) -> HashMap<String, String> {
-    let mut qemu = Command::new(scripts().join("boot-guest.sh"))
-        .arg(socket)
-        .arg("2")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start qemu");
-    let stdout = qemu.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut report = HashMap::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            eprintln!("[guest] {line}");
-            // The firmware's terminal escapes may share a line with the first report.
-            if let Some(rest) = line.find("VBLKD ").map(|at| line[at + 6..].trim()) {
-                let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
-                report.insert(k.to_owned(), v.to_owned());
-            }
-        }
-        let _ = tx.send(report);
-    });
-    let report = match rx.recv_timeout(HANG_LIMIT) {
-        Ok(report) => report,
-        Err(_) => {
-            let _ = qemu.kill();
-            panic!("the guest did not power off within {HANG_LIMIT:?}");
-        }
-    };
-    let status = qemu.wait().unwrap();
-    assert!(status.success(), "qemu exited with {status}");
-    report
+    RunningGuest::start(socket, "checks")
+        .wait_exit()
+        .into_iter()
+        .map(|line| match line.split_once(' ') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (line, String::new()),
+        })
+        .collect()
 }
 
 /// Boots the guest on `daemon`'s disk and checks its report: size, both queues, O_DIRECT
@@ -154,6 +131,7 @@ impl RunningGuest {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[guest] {line}");
+                // The firmware's terminal escapes may share a line with the first report.
                 if let Some(at) = line.find("VBLKD ") {
                     if tx.send(line[at + 6..].trim().to_owned()).is_err() {
                         break;
