@@ -61,11 +61,9 @@ fn start_peer(qsd: bool, dir: &Path, disk: &SlowDisk) -> Peer {
             .spawn()
             .expect("qemu-storage-daemon runs (apt-get install qemu-system-x86)");
         // It says nothing when it is ready; its socket appearing is the sign.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            assert!(std::time::Instant::now() < deadline, "no qsd socket");
-            std::thread::yield_now();
-        }
+        common::eventually("qsd's socket appearing", Duration::from_secs(30), || {
+            socket.exists()
+        });
         Peer::Qsd(child)
     } else {
         Peer::Vblkd(Daemon::start(

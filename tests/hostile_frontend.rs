@@ -11,14 +11,13 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
-use std::time::Instant;
 
 use common::blockdev::SlowDisk;
 use common::frontend::{
     chain, code, disk_with_pattern, memfd, vring_state, Guest, RawFrontend, Setup, ANSWER_LIMIT,
     DATA, DISK_BYTES, MEM_SIZE, SLOT_DATA_LEN, STATUS, W,
 };
-use common::Daemon;
+use common::{eventually, Daemon};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
@@ -38,16 +37,6 @@ fn still_serves(daemon: &mut Daemon, data: &[u8]) {
 
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
-}
-
-/// Polls `cond` until it holds, failing the test after [`ANSWER_LIMIT`]. For states that no
-/// event announces (a used index moved while the frontend's call eventfd is saturated).
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + ANSWER_LIMIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what} within {ANSWER_LIMIT:?}");
-        std::thread::yield_now();
-    }
 }
 
 #[test]
@@ -516,9 +505,11 @@ fn a_saturated_call_eventfd_does_not_stall_the_queue() {
         let head = guest.place_request(0, 2, None);
         guest.make_available(&[head]);
         guest.kick.write(1).unwrap();
-        eventually("the read completed into the used ring", || {
-            !guest.take_used().is_empty()
-        });
+        eventually(
+            "the read completing into the used ring",
+            ANSWER_LIMIT,
+            || !guest.take_used().is_empty(),
+        );
         assert_eq!(guest.slot_status(0), OK);
         assert_eq!(guest.slot_data(0), data[1024..1024 + 4096]);
         assert_eq!(guest.frontend.get_vring_base(0).unwrap(), 1);

@@ -463,14 +463,9 @@ impl RawFrontend {
         let mut first = Self::header(code, body.len(), need_reply);
         first.extend_from_slice(&body[..at]);
         self.stream.write_all(&first).unwrap();
-        let deadline = std::time::Instant::now() + ANSWER_LIMIT;
-        while self.unread_by_peer() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the daemon did not read the first part within {ANSWER_LIMIT:?}"
-            );
-            std::thread::yield_now();
-        }
+        super::eventually("the daemon reading the first part", ANSWER_LIMIT, || {
+            self.unread_by_peer() == 0
+        });
         self.stream.write_all(&body[at..]).unwrap();
     }
 

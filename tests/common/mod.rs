@@ -297,6 +297,20 @@ impl Client {
     }
 }
 
+/// Polls `cond` until it holds, failing the test (saying `what` did not happen) after
+/// `limit`. Only for states that no event announces: a used index moved while the frontend's
+/// call eventfd is saturated, a socket file appeared, a peer read what we sent.
+pub fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// Index of the first differing byte, for readable assertion messages.
 pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     if a.len() != b.len() {
