@@ -60,12 +60,20 @@ pub fn install() -> io::Result<()> {
 /// Registers `[start, start + len)` (host addresses of guest memory) as memory the frontend
 /// may take away.
 pub fn guard(start: *const u8, len: usize) {
-    let start = start as usize;
+    let (start, end) = (start as usize, (start as usize).saturating_add(len));
+    // The frontend re-sends its whole memory map on every change; registering the same range
+    // again would push older ones (the in-flight buffer's) out of the table.
+    let known = RANGES
+        .iter()
+        .any(|r| r.start.load(Ordering::Acquire) == start && r.end.load(Ordering::Acquire) == end);
+    if known {
+        return;
+    }
     let slot = &RANGES[NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS];
     // Empty while being rewritten, so that a fault in between never matches half of it.
     slot.end.store(0, Ordering::Release);
     slot.start.store(start, Ordering::Release);
-    slot.end.store(start.saturating_add(len), Ordering::Release);
+    slot.end.store(end, Ordering::Release);
 }
 
 /// How many pages of guarded memory were found gone and replaced since the daemon started.
