@@ -240,7 +240,7 @@ fn guest_can_switch_the_write_cache() {
         DISK_BYTES / 512
     );
     drop(guest);
-    assert!(daemon.log().contains("guest turned the write cache off"));
+    daemon.wait_for_log("guest turned the write cache off", 1);
     assert!(daemon.stop().success());
 
     // Write-through modes start with the cache off.

@@ -83,7 +83,7 @@ pub fn check_guest(daemon: Daemon, file: &Path, serial: Option<&str>) {
     assert_eq!(get("readback_end"), get("pattern"));
     assert_eq!(get("readback_small"), get("pattern_small"));
     assert_eq!(get("cache_type_after"), "write through");
-    assert!(daemon.log().contains("guest turned the write cache off"));
+    daemon.wait_for_log("guest turned the write cache off", 1);
     assert!(daemon.stop().success(), "vblkd did not exit cleanly");
 
     let pattern = std::fs::read(guest_cache().join("pattern.bin")).unwrap();
