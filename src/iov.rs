@@ -1,6 +1,6 @@
 //! Byte ranges of iovec lists: the one place that walks "bytes `off..off + len` of these
-//! buffers", for the worker (GET_ID, bounce buffers), the AoE engine (frames of a request)
-//! and the blocking engine (the rest of a short transfer).
+//! buffers", for the worker (GET_ID, bounce buffers, the rest of a short transfer) and the AoE
+//! engine (frames of a request).
 
 /// Appends the iovecs covering bytes `off..off + len` of `iovs` to `out`.
 pub fn subrange(iovs: &[libc::iovec], off: usize, len: usize, out: &mut Vec<libc::iovec>) {

@@ -90,6 +90,12 @@ struct Slot {
     /// Set when the guest's buffers cannot be used for I/O directly.
     bounce: Option<BounceBuffer>,
     is_read: bool,
+    /// The read or write as first handed to the engine, and the bytes of it that earlier
+    /// short transfers moved: a short transfer is resubmitted for the rest.
+    data_op: Option<IoOp>,
+    done: usize,
+    /// The iovecs of the rest after a short transfer.
+    rest: Vec<libc::iovec>,
     /// Keeps the guest memory mapping these iovecs point into alive until completion.
     mem: Option<Arc<GuestMemory>>,
 }
@@ -97,6 +103,40 @@ struct Slot {
 // SAFETY: the iovecs point into guest memory that `mem` keeps mapped; a slot is only ever
 // used by the worker that owns it.
 unsafe impl Send for Slot {}
+
+impl Slot {
+    /// The read or write for the bytes after the first `done`, its iovecs in `rest`; `None`
+    /// for other operations.
+    fn remainder(&mut self) -> Option<IoOp> {
+        let buffers = match &self.bounce {
+            Some(b) => std::slice::from_ref(b.iovec()),
+            None => &self.iov,
+        };
+        self.rest.clear();
+        iov::subrange(
+            buffers,
+            self.done,
+            self.expected - self.done,
+            &mut self.rest,
+        );
+        let (iov, iovcnt) = (self.rest.as_ptr(), self.rest.len());
+        let skipped = self.done as u64;
+        match self.data_op? {
+            IoOp::Read { offset, .. } => Some(IoOp::Read {
+                offset: offset + skipped,
+                iov,
+                iovcnt,
+            }),
+            IoOp::Write { offset, dsync, .. } => Some(IoOp::Write {
+                offset: offset + skipped,
+                iov,
+                iovcnt,
+                dsync,
+            }),
+            IoOp::Flush | IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => None,
+        }
+    }
+}
 
 /// How to collect completions: `Reap` resets the engine's eventfd (after an epoll wake-up),
 /// `Poll` avoids system calls (inside a busy-polling loop).
@@ -552,6 +592,8 @@ impl QueueWorker {
         };
         slot.written = if is_read { req.data_len as u32 } else { 0 };
         slot.mem = Some(mem.clone());
+        slot.data_op = matches!(op, IoOp::Read { .. } | IoOp::Write { .. }).then_some(op);
+        slot.done = 0;
         self.in_flight += 1;
         // SAFETY: the iovecs (or the bounce buffer) live in the slot, which is not touched
         // until this head's completion is reaped; the guest memory they point into is kept
@@ -573,6 +615,7 @@ impl QueueWorker {
                 self.index
             );
         }
+        let mut resubmitted = false;
         for c in self.completions.drain(..) {
             let Some(slot) = self.slots.get_mut(c.token as usize).filter(|s| s.busy) else {
                 limited!(
@@ -584,12 +627,28 @@ impl QueueWorker {
                 continue;
             };
             let ok = match c.result {
-                Ok(n) if n == slot.expected => true,
+                Ok(n) if slot.done + n == slot.expected => true,
+                Ok(n) if n > 0 && slot.done + n < slot.expected => {
+                    // A short transfer (a signal, a file that changed under us, a device
+                    // splitting the request): the kernel moved part of it, so do the rest
+                    // rather than fail the whole request, as QEMU does.
+                    slot.done += n;
+                    if let Some(op) = slot.remainder() {
+                        // SAFETY: the remainder's iovecs live in the slot and point into the
+                        // same buffers as the first push, kept valid by `slot.mem` (or the
+                        // bounce buffer) until this head completes.
+                        unsafe { self.engine.push(c.token, op) };
+                        resubmitted = true;
+                        continue;
+                    }
+                    false
+                }
                 Ok(n) => {
                     limited!(
                         Warn,
-                        "queue {}: short transfer: {n} of {} bytes",
+                        "queue {}: short transfer: {} of {} bytes, then no progress",
                         self.index,
+                        slot.done + n,
                         slot.expected
                     );
                     false
@@ -616,6 +675,11 @@ impl QueueWorker {
             slot.busy = false;
             self.in_flight -= 1;
             self.finished.push((c.token as u16, len));
+        }
+        if resubmitted {
+            if let Err(e) = self.engine.submit() {
+                limited!(Error, "queue {}: submitting I/O failed: {e}", self.index);
+            }
         }
     }
 
@@ -684,3 +748,6 @@ fn prepare_data(slot: &mut Slot, req: &Request, alignment: usize) -> std::io::Re
     slot.bounce = Some(bounce);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
