@@ -116,6 +116,11 @@ pub struct RunResult {
     pub target_cpu_us_per_io: Option<f64>,
     /// Growth of Cached + Buffers over the measured window.
     pub page_cache_growth_mib: f64,
+    /// Completions the load threads collected per wait, over the whole run: near the queue
+    /// depth means the daemon and the client move in lock-step (the whole window submitted,
+    /// completed and resubmitted together), which leaves the disk idle between windows.
+    #[serde(default)]
+    pub completions_per_wait: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +167,9 @@ struct ThreadStats {
     ios: u64,
     bytes: u64,
     errors: u64,
+    /// Waits that returned completions, and the completions they returned.
+    waits: u64,
+    completions: u64,
 }
 
 /// xorshift64*: offsets need speed and spread, not cryptographic quality.
@@ -219,6 +227,8 @@ fn drive(
     while outstanding > 0 {
         queue.complete(&mut done)?;
         let now = Instant::now();
+        stats.waits += 1;
+        stats.completions += done.len() as u64;
         for (slot, ok) in done.drain(..) {
             outstanding -= 1;
             if !ok {
@@ -340,6 +350,8 @@ pub fn run(
         total.ios += stats.ios;
         total.bytes += stats.bytes;
         total.errors += stats.errors;
+        total.waits += stats.waits;
+        total.completions += stats.completions;
     }
     drop(buffers);
 
@@ -368,6 +380,7 @@ pub fn run(
         daemon_ctx_switches_per_io: cost.map(|c| per_io(c.context_switches)),
         target_cpu_us_per_io: target_cost.map(|c| per_io(c.cpu_ns) / 1000.0),
         page_cache_growth_mib: (cache_after as f64 - cache_before as f64) / (1 << 20) as f64,
+        completions_per_wait: total.completions as f64 / total.waits.max(1) as f64,
     })
 }
 
@@ -427,6 +440,9 @@ pub fn format_result(r: &RunResult) -> String {
     if let Some(cpu) = r.target_cpu_us_per_io {
         s += &format!("  target: {cpu:.2} µs CPU per I/O\n");
     }
-    s += &format!("  page cache growth: {:.1} MiB\n", r.page_cache_growth_mib);
+    s += &format!(
+        "  client: {:.1} completions per wait\n  page cache growth: {:.1} MiB\n",
+        r.completions_per_wait, r.page_cache_growth_mib
+    );
     s
 }

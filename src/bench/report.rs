@@ -227,8 +227,9 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
         "\nAbsolute numbers on shared virtual machines are noisy; the ratios between rows of this \
          one run are what count. \"× native\" compares with io_uring + O_DIRECT straight on the \
          file; \"× QSD\" with qemu-storage-daemon in the same aio and cache mode. CPU and context \
-         switches are the daemon's (all threads), per I/O; page cache is the growth of the host's \
-         Cached + Buffers over the measured window.\n"
+         switches are the daemon's (all threads), per I/O; compl/wait is how many completions the \
+         client collected per wait (near the queue depth: lock-step, see docs/benchmarks.md); \
+         page cache is the growth of the host's Cached + Buffers over the measured window.\n"
     );
 
     let _ = writeln!(
@@ -260,7 +261,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
     for w in workloads {
         let _ = writeln!(
             md,
-            "\n## {}\n\n| daemon | mode | IOPS | MiB/s | mean µs | p50 µs | p99 µs | p99.9 µs | CPU µs/IO | ctx sw/IO | page cache Δ MiB | × native | × QSD |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "\n## {}\n\n| daemon | mode | IOPS | MiB/s | mean µs | p50 µs | p99 µs | p99.9 µs | CPU µs/IO | ctx sw/IO | compl/wait | page cache Δ MiB | × native | × QSD |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             w.label()
         );
         for row in rows.iter().filter(|row| same_shape(&row.workload, w)) {
@@ -269,7 +270,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
                 Err(e) => {
                     let _ = writeln!(
                         md,
-                        "| {} | {} | **FAILED**: {} | | | | | | | | | | |",
+                        "| {} | {} | **FAILED**: {} | | | | | | | | | | | |",
                         c.peer.name(),
                         c.mode(),
                         e.replace('|', "/").replace('\n', " ")
@@ -280,7 +281,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
                     let vs_qsd = r.qsd_peer(c, w).map(|q| res.iops / q.iops);
                     let _ = writeln!(
                         md,
-                        "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {} | {} |",
+                        "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {} | {} |",
                         c.peer.name(),
                         c.mode(),
                         res.iops,
@@ -291,6 +292,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
                         res.lat_p999_us,
                         opt(res.daemon_cpu_us_per_io, 2),
                         opt(res.daemon_ctx_switches_per_io, 2),
+                        res.completions_per_wait,
                         res.page_cache_growth_mib,
                         opt(vs_native, 2),
                         opt(vs_qsd, 2),
@@ -354,6 +356,7 @@ mod tests {
             daemon_ctx_switches_per_io: cpu.map(|_| 0.1),
             target_cpu_us_per_io: None,
             page_cache_growth_mib: 0.0,
+            completions_per_wait: 1.0,
         }
     }
 
