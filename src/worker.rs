@@ -427,6 +427,7 @@ impl QueueWorker {
         // Load the memory map only now, after the avail index: a region the frontend added
         // (and we acknowledged) before publishing these requests is then guaranteed to be in it.
         let mem = &self.mem.memory().into_inner();
+        self.engine.use_guest_memory(mem);
         let size = queue.size();
         let chains = match queue.iter(&**mem) {
             Ok(chains) => chains,

@@ -69,6 +69,9 @@ pub struct FileDiskOptions {
     pub serial: Option<String>,
     /// Threads per queue for `aio=threads`.
     pub threads: usize,
+    /// `aio=io_uring` with O_DIRECT: register guest memory with each ring (see
+    /// [`crate::engine::UringEngine`]).
+    pub fixed_buffers: bool,
 }
 
 /// An open file or block device.
@@ -78,6 +81,7 @@ pub struct FileDisk {
     info: DiskInfo,
     aio: AioMode,
     threads: usize,
+    fixed_buffers: bool,
 }
 
 /// Buffer address and length alignment that O_DIRECT accepts on every Linux block device.
@@ -196,6 +200,9 @@ impl FileDisk {
             info,
             aio,
             threads: opts.threads,
+            // Fixed buffers replace the page pinning O_DIRECT does per request; buffered I/O
+            // pins nothing, so it would only pay the registration's cost.
+            fixed_buffers: opts.fixed_buffers && opts.cache.direct_io(),
         })
     }
 
@@ -217,7 +224,8 @@ impl Disk for FileDisk {
     fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
         let engine: Box<dyn Engine> = match self.aio {
             AioMode::IoUring => {
-                Box::new(UringEngine::new(self.fd(), capacity).map_err(DiskError::Engine)?)
+                let engine = UringEngine::new(self.fd(), capacity, self.fixed_buffers);
+                Box::new(engine.map_err(DiskError::Engine)?)
             }
             AioMode::Native => {
                 Box::new(AioEngine::new(self.fd(), capacity).map_err(DiskError::Engine)?)

@@ -112,6 +112,11 @@ pub trait Engine: Send {
         false
     }
 
+    /// The guest memory the worker's requests point into, before every batch. An engine that
+    /// can prepare for it (io_uring registers it as fixed buffers) compares it with what it
+    /// has and keeps a reference to what it uses; the default ignores it.
+    fn use_guest_memory(&mut self, _mem: &std::sync::Arc<crate::GuestMemory>) {}
+
     /// Like [`Engine::reap`], for a busy-polling worker: avoids system calls where the
     /// mechanism allows and leaves the eventfd alone (it may stay readable; the next `reap`
     /// resets it).
