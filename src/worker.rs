@@ -2,8 +2,8 @@
 //!
 //! A kick drains the avail ring completely: each chain is parsed, validated, and pushed to the
 //! engine as one operation whose buffers are the guest's own memory, and submitted in batches
-//! that double in size, so the disk starts on the first request at once. Completions come back on the engine's eventfd, which the thread polls in
-//! the same epoll set as the kick. Finished requests get their status byte and a used-ring
+//! that double in size, so the disk starts on the first request at once. Completions come back
+//! on the engine's eventfd, which the thread polls in the same epoll set as the kick. Finished requests get their status byte and a used-ring
 //! entry, and the guest is signalled once per batch — and only if the event index (or the
 //! no-interrupt flag) says it wants to be. An engine that will call back soon anyway (see
 //! [`Engine::calls_back_soon`]) lets the worker leave kicks off and look at the avail ring
@@ -39,6 +39,9 @@ use crate::inflight::InflightQueue;
 use crate::iov;
 use crate::ratelimit::limited;
 use crate::GuestMemory;
+use poll::{Awaiting, PollWindows};
+
+mod poll;
 
 type Vring = VringState<GuestMemoryAtomic<GuestMemory>>;
 
@@ -54,7 +57,8 @@ pub struct WorkerConfig {
     pub honours_flush: bool,
     /// The guest's WCE bit, shared by all queues; read once per write request.
     pub write_cache: Arc<AtomicBool>,
-    /// Busy-poll the queue and the engine for this long after the last work before sleeping.
+    /// Busy-poll the queue and the engine for up to this long after the last work before
+    /// sleeping (the maximum of an adaptive window, see [`poll`]).
     pub poll: Option<Duration>,
 }
 
@@ -188,6 +192,8 @@ pub struct QueueWorker {
     inflight: Option<InflightQueue>,
     /// The order number the next request taken gets in the tracking buffer.
     taken: u64,
+    /// With polling configured: how long to poll.
+    poll_windows: Option<PollWindows>,
 }
 
 impl QueueWorker {
@@ -201,7 +207,6 @@ impl QueueWorker {
         QueueWorker {
             index,
             engine,
-            config,
             mem,
             slots: (0..queue_size).map(|_| Slot::default()).collect(),
             in_flight: 0,
@@ -213,6 +218,8 @@ impl QueueWorker {
             broken: false,
             inflight: None,
             taken: 0,
+            poll_windows: config.poll.map(PollWindows::new),
+            config,
         }
     }
 
@@ -318,6 +325,9 @@ impl QueueWorker {
     /// been idle for the polling time.
     pub fn on_kick(&mut self, vring: &VringRwLock) {
         self.vring.get_or_insert_with(|| vring.clone());
+        if let Some(windows) = &mut self.poll_windows {
+            windows.woke();
+        }
         self.serve(vring, Reaper::Reap);
     }
 
@@ -325,6 +335,9 @@ impl QueueWorker {
     /// configured).
     pub fn on_completion(&mut self, vring: &VringRwLock) {
         self.vring.get_or_insert_with(|| vring.clone());
+        if let Some(windows) = &mut self.poll_windows {
+            windows.woke();
+        }
         if self.config.poll.is_none() && self.engine.calls_back_soon() {
             // Guest kicks were left off (see serve), on the promise to look at the avail ring
             // when the engine called back: this is that call.
@@ -344,9 +357,9 @@ impl QueueWorker {
     }
 
     /// Takes available requests, submits, reaps and publishes; while polling, repeats until
-    /// the queue has been idle for the polling time, and only then lets the guest kick again.
+    /// the queue has been idle for the polling window, and only then lets the guest kick again.
     fn serve(&mut self, vring: &VringRwLock, reaper: Reaper) {
-        let Some(poll) = self.config.poll else {
+        let Some(mut poll) = self.poll_windows.take() else {
             let mem = self.mem.memory().into_inner();
             let mut state = vring.get_mut();
             loop {
@@ -367,15 +380,23 @@ impl QueueWorker {
                 }
             }
         };
+        self.poll_loop(vring, &mut poll);
+        self.poll_windows = Some(poll);
+    }
+
+    /// The polling half of [`QueueWorker::serve`].
+    fn poll_loop(&mut self, vring: &VringRwLock, poll: &mut PollWindows) {
         let mut idle_since = Instant::now();
+        let mut awaiting = Awaiting::Kick;
         loop {
             // Each round takes the current memory map (the frontend may add regions while we
             // poll) and the vring lock afresh (the control thread may need it between rounds).
             let mem = self.mem.memory().into_inner();
             let mut state = vring.get_mut();
             // Notifications stay off while we poll: the guest need not kick, we look.
+            let before = self.in_flight;
             let avail = self.take_available(&mut state, &mem);
-            let in_flight = self.in_flight;
+            let taken = self.in_flight;
             self.submit_and_publish(&mut state, &mem, Reaper::Poll);
             if avail == Avail::Unusable {
                 // Going to sleep without re-arming kicks: the eventfd reports completions.
@@ -383,15 +404,25 @@ impl QueueWorker {
                 self.publish(&mut state, &mem);
                 return;
             }
-            if avail == Avail::Took || self.in_flight != in_flight {
+            // The last work decides what comes next: completions hand the guest its turn,
+            // submissions the disk.
+            if self.in_flight < taken || self.in_flight == 0 {
+                awaiting = Awaiting::Kick;
+            } else if taken > before {
+                awaiting = Awaiting::Completion;
+            }
+            if self.in_flight != before || avail == Avail::Took {
                 idle_since = Instant::now();
-            } else if idle_since.elapsed() >= poll {
+            } else if idle_since.elapsed() >= poll.current(awaiting) {
                 // Going to sleep: reset the engine's eventfd (polling left it readable) so
                 // that epoll does not wake us for completions we already took.
                 self.reap(Reaper::Reap);
                 self.publish(&mut state, &mem);
                 match state.enable_notification() {
-                    Ok(false) => return,
+                    Ok(false) => {
+                        poll.sleep(idle_since, awaiting);
+                        return;
+                    }
                     Err(e) => {
                         return self.mark_broken(&format!("cannot enable notifications ({e})"))
                     }
