@@ -1,10 +1,11 @@
 //! The queue worker: one per virtqueue, on its own thread, owning its own engine.
 //!
-//! A kick drains the avail ring completely: each chain is parsed, validated, and pushed to the
-//! engine as one operation whose buffers are the guest's own memory, and submitted in batches
-//! that double in size, so the disk starts on the first request at once. Completions come back
-//! on the engine's eventfd, which the thread polls in the same epoll set as the kick. Finished requests get their status byte and a used-ring
-//! entry, and the guest is signalled once per batch — and only if the event index (or the
+//! A kick drains the avail ring completely, in batches that double in size (1, 2, 4, ...):
+//! each chain is parsed, validated, and pushed to the engine as one operation whose buffers
+//! are the guest's own memory; each batch is submitted, and whatever finished is published,
+//! before the next is taken. Completions come back on the engine's eventfd, which the thread
+//! polls in the same epoll set as the kick. Finished requests get their status byte and a
+//! used-ring entry, and the guest is signalled — only if the event index (or the
 //! no-interrupt flag) says it wants to be. An engine that will call back soon anyway (see
 //! [`Engine::calls_back_soon`]) lets the worker leave kicks off and look at the avail ring
 //! then, which saves the thread a wake-up per batch.
@@ -44,6 +45,9 @@ use poll::{Awaiting, PollWindows};
 mod poll;
 
 type Vring = VringState<GuestMemoryAtomic<GuestMemory>>;
+
+/// The largest submission batch (see [`QueueWorker::serve_batches`]).
+const MAX_BATCH: usize = 256;
 
 /// The most iovecs one system call accepts (`IOV_MAX`); longer lists go through a bounce
 /// buffer.
@@ -194,6 +198,9 @@ pub struct QueueWorker {
     taken: u64,
     /// With polling configured: how long to poll.
     poll_windows: Option<PollWindows>,
+    /// Requests put in the used ring so far (wrapping): tells the polling loop that it did
+    /// work.
+    completed: u64,
 }
 
 impl QueueWorker {
@@ -219,6 +226,7 @@ impl QueueWorker {
             inflight: None,
             taken: 0,
             poll_windows: config.poll.map(PollWindows::new),
+            completed: 0,
             config,
         }
     }
@@ -363,8 +371,7 @@ impl QueueWorker {
             let mem = self.mem.memory().into_inner();
             let mut state = vring.get_mut();
             loop {
-                let avail = self.take_available(&mut state, &mem);
-                self.submit_and_publish(&mut state, &mem, reaper);
+                let avail = self.serve_batches(&mut state, &mem, reaper);
                 if avail == Avail::Unusable || self.engine.calls_back_soon() {
                     // Kicks stay off: on_completion looks at the ring, or there is nothing to
                     // serve until the ring restarts.
@@ -394,10 +401,8 @@ impl QueueWorker {
             let mem = self.mem.memory().into_inner();
             let mut state = vring.get_mut();
             // Notifications stay off while we poll: the guest need not kick, we look.
-            let before = self.in_flight;
-            let avail = self.take_available(&mut state, &mem);
-            let taken = self.in_flight;
-            self.submit_and_publish(&mut state, &mem, Reaper::Poll);
+            let completed = self.completed;
+            let avail = self.serve_batches(&mut state, &mem, Reaper::Poll);
             if avail == Avail::Unusable {
                 // Going to sleep without re-arming kicks: the eventfd reports completions.
                 self.reap(Reaper::Reap);
@@ -406,12 +411,13 @@ impl QueueWorker {
             }
             // The last work decides what comes next: completions hand the guest its turn,
             // submissions the disk.
-            if self.in_flight < taken || self.in_flight == 0 {
+            let did_complete = self.completed != completed;
+            if did_complete || self.in_flight == 0 {
                 awaiting = Awaiting::Kick;
-            } else if taken > before {
+            } else if avail == Avail::Took {
                 awaiting = Awaiting::Completion;
             }
-            if self.in_flight != before || avail == Avail::Took {
+            if did_complete || avail == Avail::Took {
                 idle_since = Instant::now();
             } else if idle_since.elapsed() >= poll.current(awaiting) {
                 // Going to sleep: reset the engine's eventfd (polling left it readable) so
@@ -435,8 +441,41 @@ impl QueueWorker {
         }
     }
 
-    /// Parses every available chain and pushes its I/O.
-    fn take_available(&mut self, state: &mut Vring, mem: &Arc<GuestMemory>) -> Avail {
+    /// Serves the avail ring in batches that double (1, 2, 4, ...): each is taken, submitted,
+    /// and what finished is published, before the next is taken. The disk starts on the first
+    /// request while the rest are parsed, and the guest gets the first completions while the
+    /// rest are processed, so neither waits for the whole batch (see docs/benchmarks.md,
+    /// "Lock-step"); the price is a few more submissions than one per kick. Returns what the
+    /// ring held: `Took` if anything was taken.
+    fn serve_batches(
+        &mut self,
+        state: &mut Vring,
+        mem: &Arc<GuestMemory>,
+        reaper: Reaper,
+    ) -> Avail {
+        let mut batch = 1;
+        let mut result = Avail::Empty;
+        loop {
+            let avail = self.take_available(state, mem, batch);
+            if avail != Avail::Took {
+                // The final look: reap the way the caller asked (resetting the eventfd after
+                // an epoll wake-up); in between, looking costs no system call.
+                self.submit_and_publish(state, mem, reaper);
+                return if avail == Avail::Unusable {
+                    avail
+                } else {
+                    result
+                };
+            }
+            self.submit_and_publish(state, mem, Reaper::Poll);
+            result = Avail::Took;
+            // Capped: a guest that keeps the ring busy keeps this loop going.
+            batch = (batch * 2).min(MAX_BATCH);
+        }
+    }
+
+    /// Parses up to `max` available chains and pushes their I/O.
+    fn take_available(&mut self, state: &mut Vring, mem: &Arc<GuestMemory>, max: usize) -> Avail {
         // A ring that is stopping (GET_VRING_BASE marks it not ready before it drains us) is
         // not the guest's fault; one the guest broke stays broken until restarted.
         if self.broken || !state.get_queue().ready() {
@@ -468,11 +507,7 @@ impl QueueWorker {
                 return Avail::Unusable;
             }
         };
-        // Submit as we go, in batches that double (1, 2, 4, ...): the disk starts on the first
-        // request while the rest are parsed and queued, at the price of a few more submissions
-        // (and device kicks) than one per batch. See docs/benchmarks.md, "Submission batches".
-        let (mut pushed, mut batch) = (0usize, 1usize);
-        for chain in chains {
+        for chain in chains.take(max) {
             let head = chain.head_index();
             if let Some(inflight) = self.inflight.as_ref().filter(|_| head < size) {
                 inflight.take(head, self.taken);
@@ -480,14 +515,7 @@ impl QueueWorker {
             }
             match self.start_request(chain, mem, size) {
                 Started::Done(len) => self.finished.push((head, len)),
-                Started::Submitted => {
-                    pushed += 1;
-                    if pushed == batch {
-                        self.submit();
-                        (pushed, batch) = (0, batch * 2);
-                    }
-                }
-                Started::Ignored => {}
+                Started::Submitted | Started::Ignored => {}
             }
         }
         Avail::Took
@@ -734,6 +762,7 @@ impl QueueWorker {
             return;
         }
         let queue = state.get_queue_mut();
+        self.completed = self.completed.wrapping_add(self.finished.len() as u64);
         for (head, len) in self.finished.drain(..) {
             // Each entry is its own batch in the tracking buffer: marked as the last batch
             // before the used index moves, cleared after.
