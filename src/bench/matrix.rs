@@ -143,6 +143,7 @@ pub fn grid(seconds: f64, ramp: f64) -> Vec<Workload> {
             (Rw::Randread, 4096, 32),
             (Rw::Randwrite, 4096, 1),
             (Rw::Randwrite, 4096, 32),
+            (Rw::Randread, 64 << 10, 8),
             (Rw::Read, 1 << 20, 4),
             (Rw::Write, 1 << 20, 4),
         ] {
