@@ -158,11 +158,13 @@ struct ServeArgs {
     /// Threads per queue for --aio threads.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
-    /// With --aio io_uring and O_DIRECT (cache=none, directsync), vblkd registers the guest's
-    /// memory with each ring, which pins all of it (faulting it in) for less CPU per request.
-    /// This turns that off, for guests whose memory must stay lazily allocated.
-    #[arg(long)]
-    no_fixed_buffers: bool,
+    /// With --aio io_uring and O_DIRECT (cache=none, directsync): register the guest's memory
+    /// with each ring, for less CPU per request, if it is at most MAX bytes (suffixes K, M, G,
+    /// T). This pins all of the guest's memory (faulting it in) while the frontend is
+    /// connected, and the frontend decides how large it is: MAX bounds what it can make vblkd
+    /// pin.
+    #[arg(long, value_name = "MAX", value_parser = parse_size)]
+    fixed_buffers: Option<u64>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -246,7 +248,7 @@ fn open_disk(args: &ServeArgs) -> Result<Arc<dyn Disk>, Box<dyn std::error::Erro
         logical_block_size: args.logical_block_size,
         serial: args.serial.clone(),
         threads: usize::from(args.threads),
-        fixed_buffers: !args.no_fixed_buffers,
+        fixed_buffers: args.fixed_buffers,
     })?;
     let info = disk.info();
     log::info!(

@@ -69,9 +69,9 @@ pub struct FileDiskOptions {
     pub serial: Option<String>,
     /// Threads per queue for `aio=threads`.
     pub threads: usize,
-    /// `aio=io_uring` with O_DIRECT: register guest memory with each ring (see
-    /// [`crate::engine::UringEngine`]).
-    pub fixed_buffers: bool,
+    /// `aio=io_uring` with O_DIRECT: register guest memory of up to this many bytes with each
+    /// ring (`--fixed-buffers`, see [`crate::engine::UringEngine`]).
+    pub fixed_buffers: Option<u64>,
 }
 
 /// An open file or block device.
@@ -81,7 +81,7 @@ pub struct FileDisk {
     info: DiskInfo,
     aio: AioMode,
     threads: usize,
-    fixed_buffers: bool,
+    fixed_buffers: Option<u64>,
 }
 
 /// Buffer address and length alignment that O_DIRECT accepts on every Linux block device.
@@ -202,7 +202,7 @@ impl FileDisk {
             threads: opts.threads,
             // Fixed buffers replace the page pinning O_DIRECT does per request; buffered I/O
             // pins nothing, so it would only pay the registration's cost.
-            fixed_buffers: opts.fixed_buffers && opts.cache.direct_io(),
+            fixed_buffers: opts.fixed_buffers.filter(|_| opts.cache.direct_io()),
         })
     }
 

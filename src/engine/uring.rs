@@ -6,14 +6,15 @@
 //! ring at once. The disk's fd is registered with the ring (fixed file), which spares the kernel
 //! a file-table lookup per request.
 //!
-//! With O_DIRECT, guest memory is registered with the ring as fixed buffers (split at the
-//! kernel's 1 GiB per-buffer limit, re-registered when the frontend changes the memory table),
-//! so requests skip pinning their pages one by one (1 MiB reads: 30 % less CPU per request):
-//! `READ_FIXED`/`WRITE_FIXED` for one-segment requests, `READV_FIXED`/`WRITEV_FIXED` (Linux
-//! 6.15) for the rest. Where registration fails
-//! (a memory-lock limit, memory the kernel cannot pin) requests use plain vectored I/O. The
-//! price is that all of the guest's memory is pinned, hence faulted in, for as long as the
-//! frontend is connected; `--no-fixed-buffers` turns registration off.
+//! With `--fixed-buffers MAX` and O_DIRECT, guest memory is registered with the ring as fixed
+//! buffers (split at the kernel's 1 GiB per-buffer limit, re-registered when the frontend
+//! changes the memory table), so requests skip pinning their pages one by one (1 MiB reads:
+//! 30 % less CPU per request): `READ_FIXED`/`WRITE_FIXED` for one-segment requests,
+//! `READV_FIXED`/`WRITEV_FIXED` (Linux 6.15) for the rest. It is opt-in and bounded because
+//! registration pins, and so faults in, all of the guest's memory for as long as the frontend
+//! is connected, and the frontend decides how large that memory is (a sparse memfd costs it
+//! nothing); the kernel's memory-lock limit does not bound it for root. Guest memory larger
+//! than MAX, or that the kernel cannot pin, goes through plain vectored I/O.
 //!
 //! Discard and write-zeroes go to a one-thread helper pool signalling the same eventfd: they
 //! are rare, and `fallocate` modes vary by file system in ways that need a synchronous fallback
@@ -58,6 +59,8 @@ struct FixedBuffers {
     vectored: bool,
     /// Whether the ring has a buffer table at all.
     available: bool,
+    /// The most guest memory to register, in bytes.
+    max_bytes: u64,
 }
 
 // SAFETY: the iovecs only describe mappings of `mem`, which is shared, immutable and Send.
@@ -94,8 +97,8 @@ const FIXED_DISK: types::Fixed = types::Fixed(0);
 
 impl UringEngine {
     /// A ring with room for `capacity` operations on `fd` (which must outlive the engine),
-    /// registering guest memory as fixed buffers if `fixed_buffers`.
-    pub fn new(fd: RawFd, capacity: u16, fixed_buffers: bool) -> io::Result<Self> {
+    /// registering guest memory of up to `fixed_buffers` bytes as fixed buffers.
+    pub fn new(fd: RawFd, capacity: u16, fixed_buffers: Option<u64>) -> io::Result<Self> {
         let entries = u32::from(capacity.max(2)).next_power_of_two();
         let ring = IoUring::builder()
             // Completions are posted by task work on the worker thread. A sleeping worker is
@@ -112,7 +115,7 @@ impl UringEngine {
         let vectored = ring.submitter().register_probe(&mut probe).is_ok()
             && probe.is_supported(opcode::ReadvFixed::CODE)
             && probe.is_supported(opcode::WritevFixed::CODE);
-        let available = fixed_buffers
+        let available = fixed_buffers.is_some()
             && match ring.submitter().register_buffers_sparse(FIXED_SLOTS) {
                 Ok(()) => true,
                 Err(e) => {
@@ -125,6 +128,7 @@ impl UringEngine {
         let fixed = FixedBuffers {
             vectored,
             available,
+            max_bytes: fixed_buffers.unwrap_or(0),
             ..FixedBuffers::default()
         };
         Ok(UringEngine {
@@ -150,6 +154,17 @@ impl UringEngine {
             }
         }
         bufs.truncate(FIXED_SLOTS as usize);
+        let total: u64 = bufs.iter().map(|b| b.iov_len as u64).sum();
+        if total > self.fixed.max_bytes {
+            limited!(
+                log::Level::Warn,
+                "io_uring: guest memory ({} MiB) is more than --fixed-buffers allows ({} MiB); \
+                 not registering it",
+                total >> 20,
+                self.fixed.max_bytes >> 20
+            );
+            bufs.clear();
+        }
         // Entries of the previous registration beyond the new ones are cleared.
         let mut update = bufs.clone();
         update.resize(
@@ -167,12 +182,14 @@ impl UringEngine {
                 .register_buffers_update(0, &update, None)
         } {
             Ok(_) => {
-                limited!(
-                    log::Level::Info,
-                    "io_uring: guest memory registered as {} fixed buffers ({} regions)",
-                    bufs.len(),
-                    mem.num_regions()
-                );
+                if !bufs.is_empty() {
+                    limited!(
+                        log::Level::Info,
+                        "io_uring: guest memory registered as {} fixed buffers ({} regions)",
+                        bufs.len(),
+                        mem.num_regions()
+                    );
+                }
                 self.fixed.bufs = bufs;
             }
             Err(e) => {
@@ -338,6 +355,7 @@ mod tests {
             bufs: vec![iov(0x1000, 0x1000), iov(0x10_000, 0x4000)],
             vectored: true,
             available: true,
+            max_bytes: u64::MAX,
             mem: None,
         };
         assert_eq!(fixed.index_of(&[iov(0x1000, 0x1000)]), Some(0));
