@@ -60,8 +60,9 @@ struct BenchMatrixArgs {
     /// Do not pin daemons and load threads to separate CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Also measure vblkd with --poll-us set to this (0: skip those rows).
-    #[arg(long, default_value_t = 50)]
+    /// Also measure vblkd with --poll-us set to this (0: skip those rows). The polling window
+    /// adapts up to this ceiling, which must exceed the disk's latency for QD1 to gain.
+    #[arg(long, default_value_t = 200)]
     poll_us: u32,
     /// Extra arguments for every vblkd daemon, e.g. --vblkd-arg=--threads=16.
     #[arg(long = "vblkd-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -94,6 +95,10 @@ struct BenchRunArgs {
     /// Queues, one load thread each.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     queues: u16,
+    /// Issue at most this many requests per second per queue (a light, steady load, e.g. to
+    /// see what busy polling costs when the disk is nearly idle); default: as fast as possible.
+    #[arg(long, value_name = "IOPS")]
+    rate: Option<f64>,
     /// Length of the measured window.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -148,8 +153,9 @@ struct ServeArgs {
     /// Serial number returned to the guest (at most 20 bytes); defaults to the disk's file name.
     #[arg(long, value_name = "STR", value_parser = parse_serial)]
     serial: Option<String>,
-    /// Busy-poll each queue (and its engine) for this many microseconds after its last work
-    /// before going to sleep, like QEMU's poll-max-ns: lower latency for more CPU. 0 = off.
+    /// Busy-poll each queue (and its engine) for up to this many microseconds after its last
+    /// work before going to sleep, in a window that adapts to how soon work comes (like QEMU's
+    /// poll-max-ns): lower latency for more CPU under load, none when idle. 0 = off.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     poll_us: u32,
     /// AoE disks: fail a request still unanswered after this many seconds.
@@ -299,6 +305,9 @@ fn bench_run(args: BenchRunArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.bs == 0 || args.bs % 512 != 0 {
         return Err(format!("--bs {} is not a multiple of 512", args.bs).into());
     }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be a positive number of requests per second".into());
+    }
     let workload = Workload {
         rw: args.rw,
         bs: args.bs as usize,
@@ -306,6 +315,7 @@ fn bench_run(args: BenchRunArgs) -> Result<(), Box<dyn std::error::Error>> {
         queues: usize::from(args.queues),
         seconds: args.seconds,
         ramp: args.ramp,
+        rate: args.rate,
     };
     let watched = bench::Watched {
         daemon: args.pid,

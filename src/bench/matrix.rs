@@ -154,6 +154,7 @@ pub fn grid(seconds: f64, ramp: f64) -> Vec<Workload> {
                 queues,
                 seconds,
                 ramp,
+                rate: None,
             });
         }
     }

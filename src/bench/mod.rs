@@ -64,17 +64,24 @@ pub struct Workload {
     pub queues: usize,
     pub seconds: f64,
     pub ramp: f64,
+    /// Requests per second per queue, if paced.
+    #[serde(default)]
+    pub rate: Option<f64>,
 }
 
 impl Workload {
     pub fn label(&self) -> String {
-        format!(
+        let mut label = format!(
             "{} bs={} qd={} queues={}",
             self.rw.name(),
             size_label(self.bs as u64),
             self.iodepth,
             self.queues
-        )
+        );
+        if let Some(rate) = self.rate {
+            label += &format!(" rate={rate}/s");
+        }
+        label
     }
 }
 
@@ -213,6 +220,16 @@ fn drive(
         (write, block * bs)
     };
 
+    // Pacing: each request waits for its turn on a fixed schedule.
+    let interval = w.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    let mut next_turn = Instant::now();
+    let mut wait_turn = || {
+        if let Some(interval) = interval {
+            sleep_until(next_turn);
+            next_turn += interval;
+        }
+    };
+
     let mut stats = ThreadStats::default();
     let mut started = vec![Instant::now(); w.iodepth];
     let mut done = Vec::with_capacity(w.iodepth);
@@ -220,6 +237,7 @@ fn drive(
         let (write, offset) = next_request(&mut rng);
         // SAFETY: each slot owns `bs` bytes of the buffer area, which holds iodepth slots.
         let buf = unsafe { buffers.add(slot * w.bs) };
+        wait_turn();
         *start = Instant::now();
         queue.queue(slot, write, offset, buf, w.bs);
     }
@@ -245,7 +263,12 @@ fn drive(
                 let (write, offset) = next_request(&mut rng);
                 // SAFETY: as above.
                 let buf = unsafe { buffers.add(slot * w.bs) };
-                started[slot] = now;
+                wait_turn();
+                started[slot] = if interval.is_some() {
+                    Instant::now()
+                } else {
+                    now
+                };
                 queue.queue(slot, write, offset, buf, w.bs);
                 outstanding += 1;
             }

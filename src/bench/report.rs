@@ -65,6 +65,7 @@ pub fn workload(rw: Rw, bs: usize, iodepth: usize, queues: usize) -> Workload {
         queues,
         seconds: 0.0,
         ramp: 0.0,
+        rate: None,
     }
 }
 
