@@ -25,7 +25,9 @@ use vhost::vhost_user::message::{
     VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{
+    ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -34,6 +36,7 @@ use vmm_sys_util::event::{
 use crate::blk::config::{
     config_space, device_features, max_request_bytes, CONFIG_LEN, WRITEBACK_OFFSET,
 };
+use crate::blk::layout::ConfigSpace;
 use crate::disk::{Disk, DiskError};
 use crate::inflight::InflightBuffer;
 use crate::ratelimit::limited;
@@ -126,7 +129,7 @@ impl BlockDevice {
         worker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn config_bytes(&self) -> [u8; CONFIG_LEN] {
+    fn config(&self) -> ConfigSpace {
         config_space(
             self.disk.info(),
             self.num_queues,
@@ -173,7 +176,7 @@ impl VhostUserBackend for BlockDevice {
         };
         // Fields past the ones we implement read as zero, as on a device that predates them.
         let mut bytes = vec![0u8; MAX_CONFIG_READ as usize];
-        bytes[..CONFIG_LEN].copy_from_slice(&self.config_bytes());
+        bytes[..CONFIG_LEN].copy_from_slice(self.config().as_slice());
         bytes[offset as usize..end as usize].to_vec()
     }
 

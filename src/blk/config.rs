@@ -7,6 +7,7 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
+use super::layout::ConfigSpace;
 use crate::disk::DiskInfo;
 
 /// Largest data segment (one descriptor) the guest may use.
@@ -17,9 +18,9 @@ pub const MAX_DISCARD_SEGMENTS: u32 = 1;
 pub const MAX_DISCARD_SECTORS: u32 = 1 << 21;
 
 /// Byte offset of the `writeback` (WCE) field, the only field a driver may write.
-pub const WRITEBACK_OFFSET: u32 = 32;
+pub const WRITEBACK_OFFSET: u32 = std::mem::offset_of!(ConfigSpace, writeback) as u32;
 /// Bytes of `struct virtio_blk_config` up to and including the write-zeroes fields.
-pub const CONFIG_LEN: usize = 60;
+pub const CONFIG_LEN: usize = std::mem::size_of::<ConfigSpace>();
 
 /// Segments per request: bounded by the queue (less header and status), as QEMU bounds it.
 pub fn seg_max(queue_size: u16) -> u32 {
@@ -57,41 +58,36 @@ pub fn device_features(info: &DiskInfo) -> u64 {
 }
 
 /// The configuration space, little-endian as virtio 1.x requires.
-pub fn config_space(
-    info: &DiskInfo,
-    num_queues: u16,
-    queue_size: u16,
-    wce: bool,
-) -> [u8; CONFIG_LEN] {
-    let mut c = [0u8; CONFIG_LEN];
-    let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
-    let sectors_per_block = info.logical_block_size / 512;
-    put(0, &(info.capacity / 512).to_le_bytes());
-    put(8, &SIZE_MAX.to_le_bytes());
-    put(12, &seg_max(queue_size).to_le_bytes());
-    // 16..20: geometry, not offered.
-    put(20, &info.logical_block_size.to_le_bytes());
-    let exp = (info.physical_block_size / info.logical_block_size)
-        .max(1)
-        .trailing_zeros() as u8;
-    put(24, &[exp, 0]); // physical_block_exp, alignment_offset
-    put(26, &1u16.to_le_bytes()); // min_io_size, in logical blocks
-    put(28, &0u32.to_le_bytes()); // opt_io_size: no preference
-    put(32, &[u8::from(wce), 0]);
-    put(34, &num_queues.to_le_bytes());
+pub fn config_space(info: &DiskInfo, num_queues: u16, queue_size: u16, wce: bool) -> ConfigSpace {
+    let mut c = ConfigSpace {
+        capacity: (info.capacity / 512).into(),
+        size_max: SIZE_MAX.into(),
+        seg_max: seg_max(queue_size).into(),
+        blk_size: info.logical_block_size.into(),
+        // log2(physical / logical block size): at most 31, so it fits a byte.
+        physical_block_exp: (info.physical_block_size / info.logical_block_size)
+            .max(1)
+            .trailing_zeros() as u8,
+        min_io_size: 1u16.into(),
+        writeback: u8::from(wce),
+        num_queues: num_queues.into(),
+        ..ConfigSpace::default()
+    };
     if info.discard {
-        put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
-        put(40, &MAX_DISCARD_SEGMENTS.to_le_bytes());
-        put(44, &sectors_per_block.to_le_bytes()); // discard_sector_alignment
-        put(48, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
-        put(52, &MAX_DISCARD_SEGMENTS.to_le_bytes());
-        put(56, &[1]); // write_zeroes_may_unmap
+        c.max_discard_sectors = MAX_DISCARD_SECTORS.into();
+        c.max_discard_seg = MAX_DISCARD_SEGMENTS.into();
+        c.discard_sector_alignment = (info.logical_block_size / 512).into();
+        c.max_write_zeroes_sectors = MAX_DISCARD_SECTORS.into();
+        c.max_write_zeroes_seg = MAX_DISCARD_SEGMENTS.into();
+        c.write_zeroes_may_unmap = 1;
     }
     c
 }
 
 #[cfg(test)]
 mod tests {
+    use vm_memory::ByteValued;
+
     use super::*;
 
     fn info(read_only: bool) -> DiskInfo {
@@ -110,7 +106,8 @@ mod tests {
 
     #[test]
     fn config_fields_land_at_their_virtio_offsets() {
-        let c = config_space(&info(false), 2, 256, true);
+        let space = config_space(&info(false), 2, 256, true);
+        let c = space.as_slice();
         assert_eq!(
             u64::from_le_bytes(c[0..8].try_into().unwrap()),
             (1 << 30) / 512
@@ -136,6 +133,6 @@ mod tests {
         assert_eq!(f & (1 << VIRTIO_BLK_F_DISCARD), 0);
         assert_eq!(f & (1 << VIRTIO_BLK_F_WRITE_ZEROES), 0);
         let c = config_space(&info(true), 1, 256, true);
-        assert!(c[36..60].iter().all(|&b| b == 0));
+        assert!(c.as_slice()[36..60].iter().all(|&b| b == 0));
     }
 }

@@ -2,4 +2,5 @@
 //! Independent of vhost-user and of how I/O is done.
 
 pub mod config;
+pub mod layout;
 pub mod request;

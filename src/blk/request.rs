@@ -16,15 +16,16 @@
 
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::config::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
+use super::layout::{DiscardSegment, RequestHeader};
 use crate::disk::DiskInfo;
 use crate::GuestMemory;
 
 const SECTOR_SIZE: u64 = 512;
-const HEADER_LEN: usize = 16;
-const DISCARD_SEGMENT_LEN: usize = 16;
+const HEADER_LEN: usize = std::mem::size_of::<RequestHeader>();
+const DISCARD_SEGMENT_LEN: usize = std::mem::size_of::<DiscardSegment>();
 
 /// What the guest asked for. Offsets and lengths are in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,13 +192,13 @@ pub fn parse(
         return Err(fail(RequestError::ReadableAfterWritable));
     }
 
-    let mut header = [0u8; HEADER_LEN];
-    let readable_len = gather(mem, &scratch.readable, 0, &mut header).map_err(fail)?;
+    let mut header = RequestHeader::default();
+    let readable_len = gather(mem, &scratch.readable, 0, header.as_mut_slice()).map_err(fail)?;
     if readable_len < HEADER_LEN as u64 {
         return Err(fail(RequestError::ShortHeader));
     }
-    let request_type = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
-    let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let request_type = u32::from(header.request_type);
+    let sector = u64::from(header.sector);
     let out_len = readable_len - HEADER_LEN as u64;
     let in_len = total_len(&scratch.writable) - 1;
 
@@ -246,11 +247,19 @@ pub fn parse(
             if out_len / DISCARD_SEGMENT_LEN as u64 > u64::from(MAX_DISCARD_SEGMENTS) {
                 return Err(fail(RequestError::UnsupportedDiscard));
             }
-            let mut seg = [0u8; DISCARD_SEGMENT_LEN];
-            gather(mem, &scratch.readable, HEADER_LEN as u64, &mut seg).map_err(fail)?;
-            let sector = u64::from_le_bytes(seg[0..8].try_into().expect("8 bytes"));
-            let sectors = u32::from_le_bytes(seg[8..12].try_into().expect("4 bytes"));
-            let flags = u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
+            let mut seg = DiscardSegment::default();
+            gather(
+                mem,
+                &scratch.readable,
+                HEADER_LEN as u64,
+                seg.as_mut_slice(),
+            )
+            .map_err(fail)?;
+            let (sector, sectors, flags) = (
+                u64::from(seg.sector),
+                u32::from(seg.num_sectors),
+                u32::from(seg.flags),
+            );
             let is_discard = request_type == VIRTIO_BLK_T_DISCARD;
             let allowed_flags = if is_discard {
                 0
