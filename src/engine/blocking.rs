@@ -8,9 +8,8 @@ use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
 use super::IoOp;
-use crate::iov;
 
-/// Runs `op` on `fd` to the end, retrying short transfers, and returns the bytes moved.
+/// Runs `op` on `fd` and returns the bytes moved.
 pub(super) fn execute(fd: RawFd, op: &IoOp) -> io::Result<usize> {
     match *op {
         IoOp::Read {
@@ -62,6 +61,8 @@ enum Direction {
     Write { dsync: bool },
 }
 
+/// One `preadv2`/`pwritev2`: returns the bytes moved, which may be fewer than asked (the
+/// worker resubmits the rest, for every engine alike).
 fn transfer(
     fd: RawFd,
     offset: u64,
@@ -69,40 +70,20 @@ fn transfer(
     iovcnt: usize,
     dir: Direction,
 ) -> io::Result<usize> {
+    let pos =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cnt = i32::try_from(iovcnt).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: the engine contract (Engine::push) guarantees `iov` points to `iovcnt` valid
-    // iovecs for the life of the operation.
-    let iovs = unsafe { std::slice::from_raw_parts(iov, iovcnt) };
-    let total: usize = iovs.iter().map(|v| v.iov_len).sum();
-    let mut done = 0usize;
-    // Short transfers are rare (signals, page-cache pressure); when one happens, rebuild the
-    // remaining iovec list rather than fail the request.
-    let mut rest: Vec<libc::iovec> = Vec::new();
-    while done < total {
-        let (ptr, cnt) = if done == 0 {
-            (iovs.as_ptr(), iovs.len())
-        } else {
-            rest.clear();
-            iov::subrange(iovs, done, total - done, &mut rest);
-            (rest.as_ptr(), rest.len())
-        };
-        let pos = (offset + done as u64) as libc::off_t;
-        // SAFETY: `ptr`/`cnt` describe valid iovecs (the caller's, or `rest` built from them);
-        // the buffers are guest memory the caller keeps mapped until completion.
-        let n = cvt(unsafe {
-            match dir {
-                Direction::Read => libc::preadv2(fd, ptr, cnt as i32, pos, 0),
-                Direction::Write { dsync } => {
-                    let flags = if dsync { libc::RWF_DSYNC } else { 0 };
-                    libc::pwritev2(fd, ptr, cnt as i32, pos, flags)
-                }
+    // iovecs whose buffers stay valid for the life of the operation.
+    cvt(unsafe {
+        match dir {
+            Direction::Read => libc::preadv2(fd, iov, cnt, pos, 0),
+            Direction::Write { dsync } => {
+                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                libc::pwritev2(fd, iov, cnt, pos, flags)
             }
-        })?;
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
         }
-        done += n;
-    }
-    Ok(done)
+    })
 }
 
 fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {

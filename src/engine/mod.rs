@@ -152,3 +152,6 @@ fn drain_eventfd(fd: &vmm_sys_util::eventfd::EventFd) -> io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod conformance;
