@@ -324,6 +324,39 @@ impl TxBatch {
     pub fn is_empty(&self) -> bool {
         self.starts.is_empty()
     }
+
+    /// The frames queued so far, each as its AoE header and data, forgetting them: what a test
+    /// sees of what would have been sent.
+    #[cfg(test)]
+    pub fn take_frames(&mut self) -> Vec<([u8; ATA_HEADER_LEN], Vec<u8>)> {
+        let ends = self
+            .starts
+            .iter()
+            .skip(1)
+            .copied()
+            .chain([self.iovecs.len()]);
+        let frames = self
+            .starts
+            .iter()
+            .zip(ends)
+            .zip(&self.headers)
+            .map(|((&start, end), header)| {
+                let mut data = Vec::new();
+                for v in &self.iovecs[start + 1..end] {
+                    // SAFETY: data iovecs describe memory valid until the batch is sent.
+                    data.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len)
+                    });
+                }
+                let head: [u8; ATA_HEADER_LEN] = header[VNET_HEADER_LEN..].try_into().unwrap();
+                (head, data)
+            })
+            .collect();
+        self.headers.clear();
+        self.iovecs.clear();
+        self.starts.clear();
+        frames
+    }
 }
 
 impl AsRawFd for RawSocket {

@@ -665,3 +665,276 @@ impl Engine for AoeEngine {
         Ok(())
     }
 }
+
+/// The initiator's protocol logic driven by synthetic reply frames: no socket, no root, no
+/// vblade.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aoe::frame::{self, Frame};
+
+    const OURS: Mac = [2, 0, 0, 0, 0, 1];
+    const THEIRS: Mac = [2, 0, 0, 0, 0, 2];
+
+    fn initiator(sectors_per_frame: u8, buffer_count: u16, deadline: Duration) -> Initiator {
+        let target = AoeTarget {
+            iface: "test0".into(),
+            mac: THEIRS,
+            shelf: 1,
+            slot: 2,
+            sectors_per_frame,
+            buffer_count,
+            lba48: true,
+            flush: true,
+            deadline,
+        };
+        Initiator {
+            target: Arc::new(target),
+            mac: OURS,
+            tag_prefix: 0x0700_0000,
+            next_tag: 0,
+            requests: (0..8).map(|_| None).collect(),
+            free: (0..8).rev().collect(),
+            queued: VecDeque::new(),
+            outstanding: Vec::new(),
+            by_age: VecDeque::new(),
+            flow: FlowControl::new(buffer_count),
+            reply_gathering: ReplyGathering::default(),
+            done: Vec::new(),
+            tx: TxBatch::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// A disk whose every byte says where it is.
+    fn disk_byte(at: usize) -> u8 {
+        (at / 512 * 7 + at % 512) as u8
+    }
+
+    fn parse_request(head: &[u8; ATA_HEADER_LEN]) -> (Header, AtaArg) {
+        match frame::parse(head).unwrap() {
+            Frame::Ata { header, arg, .. } => (header, arg),
+            other => panic!("not an ATA frame: {other:?}"),
+        }
+    }
+
+    /// The target's answer to the request `head`: `status` and `flags` as given, the disk's
+    /// bytes for a read.
+    fn answer(head: &[u8; ATA_HEADER_LEN], status: u8, flags: u8) -> Vec<u8> {
+        let (header, arg) = parse_request(head);
+        let reply = Header {
+            dst: header.src,
+            src: header.dst,
+            flags: FLAG_RESPONSE | flags,
+            ..header
+        };
+        let mut frame = [0u8; ATA_HEADER_LEN];
+        frame::encode_ata(
+            &mut frame,
+            &reply,
+            &AtaArg {
+                cmd_status: status,
+                ..arg
+            },
+        );
+        let mut frame = frame.to_vec();
+        if arg.aflags & AFLAG_WRITE == 0 && arg.cmd_status != ATA_FLUSH_CACHE {
+            let start = usize::try_from(arg.lba).unwrap() * SECTOR;
+            let len = usize::from(arg.sector_count) * SECTOR;
+            frame.extend((start..start + len).map(disk_byte));
+        }
+        frame
+    }
+
+    fn read_op(buf: &mut [u8], iov: &mut libc::iovec, sector: u64) -> IoOp {
+        *iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        IoOp::Read {
+            offset: sector * SECTOR as u64,
+            iov,
+            iovcnt: 1,
+        }
+    }
+
+    #[test]
+    fn a_read_is_split_into_frames_paced_by_the_window_and_reassembled() {
+        let mut ini = initiator(2, 8, Duration::from_secs(60));
+        let (mut buf, mut iov) = (
+            vec![0u8; 4096],
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+        );
+        let op = read_op(&mut buf, &mut iov, 8);
+        // SAFETY: `buf` and `iov` outlive the request.
+        unsafe { ini.push(1, op) };
+        let mut per_round = Vec::new();
+        while ini.done.is_empty() {
+            ini.fill_window();
+            let frames = ini.tx.take_frames();
+            per_round.push(frames.len());
+            for (head, _) in frames {
+                ini.handle_reply(&answer(&head, 0x40, 0));
+            }
+        }
+        // Slow start: one frame, then two, then the last one of four.
+        assert_eq!(per_round, [1, 2, 1]);
+        let done = ini.done.pop().unwrap();
+        assert_eq!((done.token, done.result.unwrap()), (1, 4096));
+        assert!(buf
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == disk_byte(8 * 512 + i)));
+    }
+
+    #[test]
+    fn a_write_carries_the_guest_data_in_its_frames() {
+        let mut ini = initiator(2, 8, Duration::from_secs(60));
+        let data: Vec<u8> = (0..2048u32).map(|i| (i * 3) as u8).collect();
+        let iov = libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: data.len(),
+        };
+        let op = IoOp::Write {
+            offset: 0,
+            iov: &iov,
+            iovcnt: 1,
+            dsync: false,
+        };
+        // SAFETY: `data` and `iov` outlive the request.
+        unsafe { ini.push(5, op) };
+        let mut sent = Vec::new();
+        while ini.done.is_empty() {
+            ini.fill_window();
+            for (head, payload) in ini.tx.take_frames() {
+                let (_, arg) = parse_request(&head);
+                assert_ne!(arg.aflags & AFLAG_WRITE, 0);
+                sent.push((arg.lba, payload));
+                ini.handle_reply(&answer(&head, 0x40, 0));
+            }
+        }
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0], (0, data[..1024].to_vec()));
+        assert_eq!(sent[1], (2, data[1024..].to_vec()));
+        assert_eq!(ini.done.pop().unwrap().result.unwrap(), 2048);
+    }
+
+    #[test]
+    fn an_error_reply_fails_only_its_request() {
+        let mut ini = initiator(2, 8, Duration::from_secs(60));
+        let mut bufs = [vec![0u8; 512], vec![0u8; 512]];
+        let mut iovs = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 2];
+        for (i, (buf, iov)) in bufs.iter_mut().zip(&mut iovs).enumerate() {
+            let op = read_op(buf, iov, i as u64);
+            // SAFETY: the buffers and iovecs outlive the requests.
+            unsafe { ini.push(i as u64, op) };
+        }
+        ini.fill_window();
+        let (first, _) = ini.tx.take_frames().remove(0);
+        ini.handle_reply(&answer(&first, ATA_STATUS_ERR, 0));
+        ini.fill_window();
+        let (second, _) = ini.tx.take_frames().remove(0);
+        ini.handle_reply(&answer(&second, 0x40, 0));
+        let results: Vec<_> = ini
+            .done
+            .drain(..)
+            .map(|c| (c.token, c.result.map_err(|e| e.raw_os_error())))
+            .collect();
+        assert_eq!(results, [(0, Err(Some(libc::EIO))), (1, Ok(512))]);
+    }
+
+    #[test]
+    fn replies_that_are_not_ours_or_come_twice_are_ignored() {
+        let mut ini = initiator(2, 8, Duration::from_secs(60));
+        let (mut buf, mut iov) = (
+            vec![0u8; 512],
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+        );
+        let op = read_op(&mut buf, &mut iov, 3);
+        // SAFETY: `buf` and `iov` outlive the request.
+        unsafe { ini.push(9, op) };
+        ini.fill_window();
+        let (head, _) = ini.tx.take_frames().remove(0);
+        let good = answer(&head, 0x40, 0);
+        let mut from_elsewhere = good.clone();
+        from_elsewhere[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        let mut other_slot = good.clone();
+        other_slot[18] = 3;
+        let mut unknown_tag = good.clone();
+        unknown_tag[21] ^= 0x55;
+        let mut not_a_reply = good.clone();
+        not_a_reply[14] &= !FLAG_RESPONSE;
+        for stray in [&from_elsewhere, &other_slot, &unknown_tag, &not_a_reply] {
+            ini.handle_reply(stray);
+        }
+        assert!(ini.done.is_empty());
+        ini.handle_reply(&good);
+        ini.handle_reply(&good);
+        assert_eq!(ini.done.len(), 1);
+        assert_eq!(ini.done[0].result.as_ref().unwrap(), &512);
+    }
+
+    #[test]
+    fn a_lost_frame_is_sent_again_under_a_new_tag_and_the_old_one_is_forgotten() {
+        let mut ini = initiator(2, 8, Duration::from_secs(60));
+        let (mut buf, mut iov) = (
+            vec![0u8; 512],
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+        );
+        let op = read_op(&mut buf, &mut iov, 0);
+        // SAFETY: `buf` and `iov` outlive the request.
+        unsafe { ini.push(4, op) };
+        ini.fill_window();
+        let (lost, _) = ini.tx.take_frames().remove(0);
+        // Its retransmission timeout passes.
+        ini.outstanding[0].due = Instant::now() - Duration::from_millis(1);
+        ini.handle_timeouts();
+        let (again, _) = ini.tx.take_frames().remove(0);
+        let (lost_header, _) = parse_request(&lost);
+        let (again_header, again_arg) = parse_request(&again);
+        assert_ne!(lost_header.tag, again_header.tag);
+        assert_eq!(again_arg.lba, 0);
+        assert_eq!(ini.stats.retransmitted, 1);
+        // The first frame's answer arrives late: no longer ours.
+        ini.handle_reply(&answer(&lost, 0x40, 0));
+        assert!(ini.done.is_empty());
+        ini.handle_reply(&answer(&again, 0x40, 0));
+        assert_eq!(ini.done.pop().unwrap().result.unwrap(), 512);
+    }
+
+    #[test]
+    fn a_request_unanswered_past_its_deadline_fails_and_its_frames_are_dropped() {
+        let mut ini = initiator(2, 8, Duration::ZERO);
+        let (mut buf, mut iov) = (
+            vec![0u8; 1024],
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+        );
+        let op = read_op(&mut buf, &mut iov, 0);
+        // SAFETY: `buf` and `iov` outlive the request.
+        unsafe { ini.push(6, op) };
+        ini.fill_window();
+        let (head, _) = ini.tx.take_frames().remove(0);
+        ini.handle_timeouts();
+        let done = ini.done.pop().unwrap();
+        assert_eq!(done.result.unwrap_err().raw_os_error(), Some(libc::EIO));
+        assert!(ini.outstanding.is_empty() && ini.queued.is_empty());
+        // Its answer, arriving after all, completes nothing twice.
+        ini.handle_reply(&answer(&head, 0x40, 0));
+        assert!(ini.done.is_empty());
+    }
+}
