@@ -599,6 +599,17 @@ fn requests_in_flight_at_a_crash_are_resubmitted(aio: &str) {
         },
     );
     let done_before = start_requests(&mut guest, true).len();
+    // The daemon takes the ring in growing batches; kill it once it has taken every request
+    // (each is marked in the in-flight buffer before its I/O starts, and cleared only after
+    // its used entry is written, so the used index is read first).
+    common::eventually(
+        "the daemon taking every request",
+        common::HANG_LIMIT,
+        || {
+            let used = usize::from(guest.used_idx());
+            used + guest.heads_in_flight() >= usize::from(IN_FLIGHT)
+        },
+    );
     let log = daemon.kill();
     assert!(!log.contains("panicked"), "{log}");
     let used = guest.used_idx();
