@@ -497,11 +497,8 @@ fn aoe_requests_in_flight_at_a_crash_are_resubmitted() {
 fn enter_netns(ns: &str) {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
     // SAFETY: setns with a namespace fd we own; affects only this thread.
-    assert_eq!(
-        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
-        0,
-        "setns"
-    );
+    let ret = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(ret, 0, "setns");
 }
 
 #[test]

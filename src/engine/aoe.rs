@@ -553,10 +553,10 @@ impl Initiator {
                     .complete_now(token, Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)))
             }
         };
-        // SAFETY: the push contract guarantees `iovcnt` valid iovecs.
         let len: usize = if iovcnt == 0 {
             0
         } else {
+            // SAFETY: the push contract guarantees `iovcnt` valid iovecs.
             unsafe { std::slice::from_raw_parts(iov, iovcnt) }
                 .iter()
                 .map(|v| v.iov_len)
