@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use log::Level::{Debug, Error, Warn};
 use vhost_user_backend::{VringRwLock, VringState, VringT};
-use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
+use crate::blk::layout::status;
 use crate::blk::request::{self, Limits, Rejected, Request, RequestKind, Scratch};
 use crate::bounce::BounceBuffer;
 use crate::disk::DiskInfo;
@@ -91,8 +91,8 @@ struct Slot {
     status: GuestAddress,
     /// Bytes the engine must report for success.
     expected: usize,
-    /// Bytes written into guest buffers on success (read data), reported in the used ring.
-    written: u32,
+    /// The used ring's length on success: bytes written into guest buffers, status included.
+    used_len: u32,
     /// The guest's data buffers.
     iov: Vec<libc::iovec>,
     /// Set when the guest's buffers cannot be used for I/O directly.
@@ -601,7 +601,7 @@ impl QueueWorker {
         };
         let op = match req.kind {
             RequestKind::Read { .. } | RequestKind::Write { .. } if req.data_len == 0 => {
-                write_status(mem, req.status, VIRTIO_BLK_S_OK as u8);
+                write_status(mem, req.status, status::OK);
                 return Started::Done(1);
             }
             RequestKind::GetId => {
@@ -611,11 +611,11 @@ impl QueueWorker {
                 let padded = req.data_len.min(crate::disk::SERIAL_LEN);
                 // SAFETY: as above.
                 unsafe { iov::zero(&slot.iov, n, padded) };
-                write_status(mem, req.status, VIRTIO_BLK_S_OK as u8);
-                return Started::Done(padded as u32 + 1);
+                write_status(mem, req.status, status::OK);
+                return Started::Done(used_len(padded));
             }
             RequestKind::Flush if !config.honours_flush => {
-                write_status(mem, req.status, VIRTIO_BLK_S_OK as u8);
+                write_status(mem, req.status, status::OK);
                 return Started::Done(1);
             }
             RequestKind::Flush => IoOp::Flush,
@@ -632,7 +632,7 @@ impl QueueWorker {
                             "queue {}: cannot allocate a bounce buffer: {e}",
                             self.index
                         );
-                        write_status(mem, req.status, VIRTIO_BLK_S_IOERR as u8);
+                        write_status(mem, req.status, status::IOERR);
                         return Started::Done(1);
                     }
                 }
@@ -665,7 +665,8 @@ impl QueueWorker {
             RequestKind::Read { .. } | RequestKind::Write { .. } => req.data_len,
             _ => 0,
         };
-        slot.written = if is_read { req.data_len as u32 } else { 0 };
+        // The used ring reports bytes written for the guest, status byte included.
+        slot.used_len = if is_read { used_len(req.data_len) } else { 1 };
         slot.mem = Some(mem.clone());
         slot.data_op = matches!(op, IoOp::Read { .. } | IoOp::Write { .. }).then_some(op);
         slot.done = 0;
@@ -692,7 +693,10 @@ impl QueueWorker {
         }
         let mut resubmitted = false;
         for c in self.completions.drain(..) {
-            let Some(slot) = self.slots.get_mut(c.token as usize).filter(|s| s.busy) else {
+            // Tokens are the heads we pushed; anything else is an engine bug, not a crash.
+            let head = u16::try_from(c.token).ok();
+            let slot = head.and_then(|h| self.slots.get_mut(usize::from(h)));
+            let (Some(head), Some(slot)) = (head, slot.filter(|s| s.busy)) else {
                 limited!(
                     Error,
                     "queue {}: completion for unknown request {}",
@@ -740,16 +744,15 @@ impl QueueWorker {
                 }
             }
             let mem = slot.mem.take().expect("busy slot holds its memory");
-            let status = if ok {
-                VIRTIO_BLK_S_OK
-            } else {
-                VIRTIO_BLK_S_IOERR
-            };
-            write_status(&mem, slot.status, status as u8);
-            let len = if ok { slot.written + 1 } else { 1 };
+            write_status(
+                &mem,
+                slot.status,
+                if ok { status::OK } else { status::IOERR },
+            );
+            let len = if ok { slot.used_len } else { 1 };
             slot.busy = false;
             self.in_flight -= 1;
-            self.finished.push((c.token as u16, len));
+            self.finished.push((head, len));
         }
         if resubmitted {
             self.submit();
@@ -792,6 +795,13 @@ impl QueueWorker {
             limited!(Warn, "queue {}: cannot signal the guest: {e}", self.index);
         }
     }
+}
+
+/// The used ring's length for a request that wrote `data` bytes for the guest plus its status
+/// byte. A chain may carry more than 4 GiB (seg_max × size_max with a large queue); the field
+/// is 32 bits, so such a length saturates.
+fn used_len(data: usize) -> u32 {
+    u32::try_from(data).unwrap_or(u32::MAX).saturating_add(1)
 }
 
 fn write_status(mem: &GuestMemory, addr: GuestAddress, status: u8) {

@@ -17,8 +17,10 @@ pub const MAX_DISCARD_SEGMENTS: u32 = 1;
 /// Largest discard / write-zeroes range, in 512-byte sectors (1 GiB).
 pub const MAX_DISCARD_SECTORS: u32 = 1 << 21;
 
-/// Byte offset of the `writeback` (WCE) field, the only field a driver may write.
-pub const WRITEBACK_OFFSET: u32 = std::mem::offset_of!(ConfigSpace, writeback) as u32;
+/// Byte offset of the `writeback` (WCE) field, the only field a driver may write (checked
+/// against the layout at compile time).
+pub const WRITEBACK_OFFSET: u32 = 32;
+const _: () = assert!(std::mem::offset_of!(ConfigSpace, writeback) == WRITEBACK_OFFSET as usize);
 /// Bytes of `struct virtio_blk_config` up to and including the write-zeroes fields.
 pub const CONFIG_LEN: usize = std::mem::size_of::<ConfigSpace>();
 
@@ -64,10 +66,13 @@ pub fn config_space(info: &DiskInfo, num_queues: u16, queue_size: u16, wce: bool
         size_max: SIZE_MAX.into(),
         seg_max: seg_max(queue_size).into(),
         blk_size: info.logical_block_size.into(),
-        // log2(physical / logical block size): at most 31, so it fits a byte.
-        physical_block_exp: (info.physical_block_size / info.logical_block_size)
-            .max(1)
-            .trailing_zeros() as u8,
+        // log2(physical / logical block size), at most 31: the conversion cannot fail.
+        physical_block_exp: u8::try_from(
+            (info.physical_block_size / info.logical_block_size)
+                .max(1)
+                .trailing_zeros(),
+        )
+        .unwrap_or(0),
         min_io_size: 1u16.into(),
         writeback: u8::from(wce),
         num_queues: num_queues.into(),

@@ -5,7 +5,20 @@
 
 use std::mem::{offset_of, size_of};
 
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use vm_memory::{ByteValued, Le16, Le32, Le64};
+
+/// The status byte that ends every request (virtio 1.2, 5.2.6). The bindings' constants are
+/// `u32`; these are the byte the device writes.
+pub mod status {
+    pub const OK: u8 = 0;
+    pub const IOERR: u8 = 1;
+    pub const UNSUPP: u8 = 2;
+}
+
+const _: () = assert!(status::OK as u32 == VIRTIO_BLK_S_OK);
+const _: () = assert!(status::IOERR as u32 == VIRTIO_BLK_S_IOERR);
+const _: () = assert!(status::UNSUPP as u32 == VIRTIO_BLK_S_UNSUPP);
 
 /// `struct virtio_blk_config` up to and including the write-zeroes fields. `packed(4)`
 /// because the structure is 60 bytes: `repr(C)` alone would pad it to 64 for `capacity`.
@@ -67,7 +80,6 @@ unsafe impl ByteValued for DiscardSegment {}
 
 // The sizes and the one offset the protocol fixes, checked at compile time.
 const _: () = assert!(size_of::<ConfigSpace>() == 60);
-const _: () = assert!(offset_of!(ConfigSpace, writeback) == 32);
 const _: () = assert!(offset_of!(ConfigSpace, num_queues) == 34);
 const _: () = assert!(offset_of!(ConfigSpace, write_zeroes_may_unmap) == 56);
 const _: () = assert!(size_of::<RequestHeader>() == 16);

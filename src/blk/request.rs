@@ -19,7 +19,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::config::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
-use super::layout::{DiscardSegment, RequestHeader};
+use super::layout::{status, DiscardSegment, RequestHeader};
 use crate::disk::DiskInfo;
 use crate::GuestMemory;
 
@@ -83,10 +83,8 @@ impl RequestError {
     /// The virtio-blk status this error is reported with.
     pub fn status(self) -> u8 {
         match self {
-            RequestError::Unsupported(_) | RequestError::UnsupportedDiscard => {
-                VIRTIO_BLK_S_UNSUPP as u8
-            }
-            _ => VIRTIO_BLK_S_IOERR as u8,
+            RequestError::Unsupported(_) | RequestError::UnsupportedDiscard => status::UNSUPP,
+            _ => status::IOERR,
         }
     }
 }
@@ -292,7 +290,7 @@ pub fn parse(
     };
     Ok(Request {
         kind,
-        data_len: data_len as usize,
+        data_len: usize::try_from(data_len).map_err(|_| fail(RequestError::TooLarge))?,
         status,
     })
 }
@@ -333,7 +331,9 @@ fn gather(
         let want_start = skip + filled as u64;
         if filled < buf.len() && want_start < seg_end {
             let within = want_start - pos;
-            let n = ((seg.len - within) as usize).min(buf.len() - filled);
+            let n = usize::try_from(seg.len - within)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() - filled);
             let addr = seg
                 .addr
                 .checked_add(within)
@@ -370,7 +370,8 @@ fn host_iovecs(
             .addr
             .checked_add(from - seg_start)
             .ok_or(RequestError::OutsideGuestMemory)?;
-        for slice in mem.get_slices(addr, (to - from) as usize) {
+        let len = usize::try_from(to - from).map_err(|_| RequestError::TooLarge)?;
+        for slice in mem.get_slices(addr, len) {
             let slice = slice.map_err(|_| RequestError::OutsideGuestMemory)?;
             iov.push(libc::iovec {
                 iov_base: slice.ptr_guard_mut().as_ptr().cast(),

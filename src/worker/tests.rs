@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
@@ -325,7 +325,7 @@ fn a_short_read_is_resubmitted_for_the_rest() {
     let mut h = Harness::with(|s| s.max_transfer = 4096, 1);
     let req = Req::new(VIRTIO_BLK_T_IN, 8, 16 * 1024);
     let (status, used_len) = h.request(req);
-    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(status, status::OK);
     assert_eq!(used_len, 16 * 1024 + 1);
     let asked: Vec<_> = h
         .script
@@ -351,7 +351,7 @@ fn a_short_write_is_resubmitted_for_the_rest() {
     let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 256) as u8).collect();
     h.mem.write_slice(&data, GuestAddress(req.data())).unwrap();
     let (status, used_len) = h.request(req);
-    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(status, status::OK);
     assert_eq!(used_len, 1);
     let asked: Vec<_> = h
         .script
@@ -369,7 +369,7 @@ fn a_short_write_is_resubmitted_for_the_rest() {
 fn a_transfer_that_stops_making_progress_fails_the_request() {
     let mut h = Harness::with(|s| s.max_transfer = 0, 1);
     let (status, used_len) = h.request(Req::new(VIRTIO_BLK_T_IN, 0, 4096));
-    assert_eq!(status, VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(status, status::IOERR);
     assert_eq!(used_len, 1);
     assert_eq!(h.script.lock().unwrap().pushed.len(), 1);
 }
@@ -378,10 +378,10 @@ fn a_transfer_that_stops_making_progress_fails_the_request() {
 fn an_engine_error_fails_only_that_request_with_ioerr() {
     let mut h = Harness::with(|s| s.fail = Some(libc::EIO), 1);
     let (status, used_len) = h.request(Req::new(VIRTIO_BLK_T_IN, 0, 4096));
-    assert_eq!((status, used_len), (VIRTIO_BLK_S_IOERR as u8, 1));
+    assert_eq!((status, used_len), (status::IOERR, 1));
     h.script.lock().unwrap().fail = None;
     let (status, used_len) = h.request(Req::new(VIRTIO_BLK_T_IN, 0, 4096));
-    assert_eq!((status, used_len), (VIRTIO_BLK_S_OK as u8, 4097));
+    assert_eq!((status, used_len), (status::OK, 4097));
 }
 
 #[test]
@@ -389,13 +389,13 @@ fn each_request_kind_reaches_the_engine_or_is_answered_in_place() {
     let mut h = Harness::new();
     assert_eq!(
         h.request(Req::new(VIRTIO_BLK_T_FLUSH, 0, 0).in_slot(1)).0,
-        VIRTIO_BLK_S_OK as u8
+        status::OK
     );
     assert_eq!(h.script.lock().unwrap().flushes, 1);
 
     // GET_ID: the serial, NUL-padded to 20 bytes, answered without the engine.
     let id = Req::new(VIRTIO_BLK_T_GET_ID, 0, 20);
-    assert_eq!(h.request(id), (VIRTIO_BLK_S_OK as u8, 21));
+    assert_eq!(h.request(id), (status::OK, 21));
     assert_eq!(
         h.read_guest(id.data(), 20),
         b"test-serial\0\0\0\0\0\0\0\0\0"
@@ -409,7 +409,7 @@ fn each_request_kind_reaches_the_engine_or_is_answered_in_place() {
     h.mem
         .write_slice(&segment, GuestAddress(discard.data()))
         .unwrap();
-    assert_eq!(h.request(discard).0, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(h.request(discard).0, status::OK);
     assert!(h.script.lock().unwrap().disk[16 * 512..24 * 512]
         .iter()
         .all(|&b| b == 0));
@@ -417,10 +417,7 @@ fn each_request_kind_reaches_the_engine_or_is_answered_in_place() {
 
     // An unknown type is answered UNSUPP, and the engine never sees it.
     let pushed = h.script.lock().unwrap().pushed.len();
-    assert_eq!(
-        h.request(Req::new(0x77, 0, 512)),
-        (VIRTIO_BLK_S_UNSUPP as u8, 1)
-    );
+    assert_eq!(h.request(Req::new(0x77, 0, 512)), (status::UNSUPP, 1));
     assert_eq!(h.script.lock().unwrap().pushed.len(), pushed);
 }
 
@@ -439,7 +436,7 @@ fn completions_that_arrive_out_of_order_and_late_are_each_published() {
     h.release(&[reqs[1].head()]);
     assert_eq!(h.used(), [(6, 513), (0, 513), (3, 513)]);
     for req in reqs {
-        assert_eq!(h.status(req), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(h.status(req), status::OK);
         let at = usize::try_from(req.sector).unwrap() * 512;
         assert_eq!(
             h.read_guest(req.data(), 512),
@@ -459,7 +456,7 @@ fn stopping_the_ring_completes_what_is_in_flight() {
     h.worker.stop();
     assert_eq!(h.worker.in_flight, 0);
     assert_eq!(h.used().len(), 2);
-    assert!(reqs.iter().all(|&r| h.status(r) == VIRTIO_BLK_S_OK as u8));
+    assert!(reqs.iter().all(|&r| h.status(r) == status::OK));
 }
 
 #[test]
@@ -502,14 +499,14 @@ fn a_misaligned_buffer_goes_through_a_bounce_buffer() {
     h.mem
         .write_slice(&data, GuestAddress(write.data()))
         .unwrap();
-    assert_eq!(h.request(write), (VIRTIO_BLK_S_OK as u8, 1));
+    assert_eq!(h.request(write), (status::OK, 1));
     assert_eq!(h.script.lock().unwrap().disk[2048..3072], data[..]);
 
     let read = Req {
         misalign: 1,
         ..Req::new(VIRTIO_BLK_T_IN, 4, 1024).in_slot(1)
     };
-    assert_eq!(h.request(read), (VIRTIO_BLK_S_OK as u8, 1025));
+    assert_eq!(h.request(read), (status::OK, 1025));
     assert_eq!(h.read_guest(read.data(), 1024), data);
     // Neither reached the engine with guest memory.
     let script = h.script.lock().unwrap();
@@ -535,7 +532,15 @@ fn a_guest_that_keeps_the_ring_busy_is_served_to_the_end() {
     let mut h = Harness::with(|s| s.on_push = Some(Box::new(feed)), 1);
     *guest_mem.lock().unwrap() = Some(h.mem.clone());
     let (status, _) = h.request(Req::new(VIRTIO_BLK_T_IN, 0, 512));
-    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(status, status::OK);
     assert_eq!(h.script.lock().unwrap().pushed.len(), 201);
     assert_eq!(h.used_idx(), 201);
+}
+
+#[test]
+fn a_used_length_beyond_32_bits_saturates_instead_of_wrapping() {
+    assert_eq!(used_len(4096), 4097);
+    assert_eq!(used_len(u32::MAX as usize - 1), u32::MAX);
+    // A chain of 32766 one-MiB segments (a queue of 32768) carries more than 4 GiB.
+    assert_eq!(used_len(32766 << 20), u32::MAX);
 }
