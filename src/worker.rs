@@ -97,7 +97,6 @@ struct Slot {
     iov: Vec<libc::iovec>,
     /// Set when the guest's buffers cannot be used for I/O directly.
     bounce: Option<BounceBuffer>,
-    is_read: bool,
     /// The read or write as first handed to the engine, and the bytes of it that earlier
     /// short transfers moved: a short transfer is resubmitted for the rest.
     data_op: Option<IoOp>,
@@ -113,6 +112,10 @@ struct Slot {
 unsafe impl Send for Slot {}
 
 impl Slot {
+    fn is_read(&self) -> bool {
+        matches!(self.data_op, Some(IoOp::Read { .. }))
+    }
+
     /// The read or write for the bytes after the first `done`, its iovecs in `rest`; `None`
     /// for other operations.
     fn remainder(&mut self) -> Option<IoOp> {
@@ -657,16 +660,18 @@ impl QueueWorker {
                 }
             }
         };
-        let is_read = matches!(req.kind, RequestKind::Read { .. });
         slot.busy = true;
         slot.status = req.status;
-        slot.is_read = is_read;
         slot.expected = match req.kind {
             RequestKind::Read { .. } | RequestKind::Write { .. } => req.data_len,
             _ => 0,
         };
         // The used ring reports bytes written for the guest, status byte included.
-        slot.used_len = if is_read { used_len(req.data_len) } else { 1 };
+        slot.used_len = if matches!(req.kind, RequestKind::Read { .. }) {
+            used_len(req.data_len)
+        } else {
+            1
+        };
         slot.mem = Some(mem.clone());
         slot.data_op = matches!(op, IoOp::Read { .. } | IoOp::Write { .. }).then_some(op);
         slot.done = 0;
@@ -738,7 +743,7 @@ impl QueueWorker {
                 }
             };
             if let Some(bounce) = slot.bounce.take() {
-                if ok && slot.is_read {
+                if ok && slot.is_read() {
                     // SAFETY: the iovecs are guest memory `slot.mem` (still held) keeps mapped.
                     unsafe { iov::copy_to(&slot.iov, 0, bounce.as_slice()) };
                 }

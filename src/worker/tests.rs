@@ -297,6 +297,12 @@ impl Harness {
         self.worker.on_completion(&self.vring);
     }
 
+    /// (offset, bytes) of every read or write the engine was given.
+    fn asked(&self) -> Vec<(u64, usize)> {
+        let script = self.script.lock().unwrap();
+        script.pushed.iter().map(|p| (p.0, p.1)).collect()
+    }
+
     fn used_idx(&self) -> u16 {
         self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
     }
@@ -327,14 +333,7 @@ fn a_short_read_is_resubmitted_for_the_rest() {
     let (status, used_len) = h.request(req);
     assert_eq!(status, status::OK);
     assert_eq!(used_len, 16 * 1024 + 1);
-    let asked: Vec<_> = h
-        .script
-        .lock()
-        .unwrap()
-        .pushed
-        .iter()
-        .map(|p| (p.0, p.1))
-        .collect();
+    let asked = h.asked();
     assert_eq!(
         asked,
         [(4096, 16384), (8192, 12288), (12288, 8192), (16384, 4096)]
@@ -353,14 +352,7 @@ fn a_short_write_is_resubmitted_for_the_rest() {
     let (status, used_len) = h.request(req);
     assert_eq!(status, status::OK);
     assert_eq!(used_len, 1);
-    let asked: Vec<_> = h
-        .script
-        .lock()
-        .unwrap()
-        .pushed
-        .iter()
-        .map(|p| (p.0, p.1))
-        .collect();
+    let asked = h.asked();
     assert_eq!(asked, [(1024, 8192), (4024, 5192), (7024, 2192)]);
     assert_eq!(h.script.lock().unwrap().disk[1024..1024 + 8192], data[..]);
 }
