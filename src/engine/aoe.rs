@@ -746,31 +746,36 @@ mod tests {
         frame
     }
 
-    fn read_op(buf: &mut [u8], iov: &mut libc::iovec, sector: u64) -> IoOp {
-        *iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        IoOp::Read {
+    /// A read's buffer and the iovec describing it: both on the heap, so they stay where the
+    /// initiator was told they are however this moves.
+    struct ReadBuffer {
+        data: Vec<u8>,
+        _iov: Box<libc::iovec>,
+    }
+
+    /// Pushes a read of `len` bytes at `sector` under `token`; keep the result until the
+    /// request completes.
+    fn push_read(ini: &mut Initiator, token: u64, sector: u64, len: usize) -> ReadBuffer {
+        let mut data = vec![0u8; len];
+        let iov = Box::new(libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: len,
+        });
+        let op = IoOp::Read {
             offset: sector * SECTOR as u64,
-            iov,
+            iov: &*iov,
             iovcnt: 1,
-        }
+        };
+        // SAFETY: the returned ReadBuffer owns the buffer and the iovec, whose heap addresses
+        // do not change when it moves; the tests keep it until the request completes.
+        unsafe { ini.push(token, op) };
+        ReadBuffer { data, _iov: iov }
     }
 
     #[test]
     fn a_read_is_split_into_frames_paced_by_the_window_and_reassembled() {
         let mut ini = initiator(2, 8, Duration::from_secs(60));
-        let (mut buf, mut iov) = (
-            vec![0u8; 4096],
-            libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            },
-        );
-        let op = read_op(&mut buf, &mut iov, 8);
-        // SAFETY: `buf` and `iov` outlive the request.
-        unsafe { ini.push(1, op) };
+        let buf = push_read(&mut ini, 1, 8, 4096);
         let mut per_round = Vec::new();
         while ini.done.is_empty() {
             ini.fill_window();
@@ -785,6 +790,7 @@ mod tests {
         let done = ini.done.pop().unwrap();
         assert_eq!((done.token, done.result.unwrap()), (1, 4096));
         assert!(buf
+            .data
             .iter()
             .enumerate()
             .all(|(i, &b)| b == disk_byte(8 * 512 + i)));
@@ -825,16 +831,10 @@ mod tests {
     #[test]
     fn an_error_reply_fails_only_its_request() {
         let mut ini = initiator(2, 8, Duration::from_secs(60));
-        let mut bufs = [vec![0u8; 512], vec![0u8; 512]];
-        let mut iovs = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; 2];
-        for (i, (buf, iov)) in bufs.iter_mut().zip(&mut iovs).enumerate() {
-            let op = read_op(buf, iov, i as u64);
-            // SAFETY: the buffers and iovecs outlive the requests.
-            unsafe { ini.push(i as u64, op) };
-        }
+        let _bufs = [
+            push_read(&mut ini, 0, 0, 512),
+            push_read(&mut ini, 1, 1, 512),
+        ];
         ini.fill_window();
         let (first, _) = ini.tx.take_frames().remove(0);
         ini.handle_reply(&answer(&first, ATA_STATUS_ERR, 0));
@@ -852,16 +852,7 @@ mod tests {
     #[test]
     fn replies_that_are_not_ours_or_come_twice_are_ignored() {
         let mut ini = initiator(2, 8, Duration::from_secs(60));
-        let (mut buf, mut iov) = (
-            vec![0u8; 512],
-            libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            },
-        );
-        let op = read_op(&mut buf, &mut iov, 3);
-        // SAFETY: `buf` and `iov` outlive the request.
-        unsafe { ini.push(9, op) };
+        let _buf = push_read(&mut ini, 9, 3, 512);
         ini.fill_window();
         let (head, _) = ini.tx.take_frames().remove(0);
         let good = answer(&head, 0x40, 0);
@@ -886,16 +877,7 @@ mod tests {
     #[test]
     fn a_lost_frame_is_sent_again_under_a_new_tag_and_the_old_one_is_forgotten() {
         let mut ini = initiator(2, 8, Duration::from_secs(60));
-        let (mut buf, mut iov) = (
-            vec![0u8; 512],
-            libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            },
-        );
-        let op = read_op(&mut buf, &mut iov, 0);
-        // SAFETY: `buf` and `iov` outlive the request.
-        unsafe { ini.push(4, op) };
+        let _buf = push_read(&mut ini, 4, 0, 512);
         ini.fill_window();
         let (lost, _) = ini.tx.take_frames().remove(0);
         // Its retransmission timeout passes.
@@ -917,16 +899,7 @@ mod tests {
     #[test]
     fn a_request_unanswered_past_its_deadline_fails_and_its_frames_are_dropped() {
         let mut ini = initiator(2, 8, Duration::ZERO);
-        let (mut buf, mut iov) = (
-            vec![0u8; 1024],
-            libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            },
-        );
-        let op = read_op(&mut buf, &mut iov, 0);
-        // SAFETY: `buf` and `iov` outlive the request.
-        unsafe { ini.push(6, op) };
+        let _buf = push_read(&mut ini, 6, 0, 1024);
         ini.fill_window();
         let (head, _) = ini.tx.take_frames().remove(0);
         ini.handle_timeouts();
