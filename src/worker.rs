@@ -448,8 +448,8 @@ impl QueueWorker {
     /// and what finished is published, before the next is taken. The disk starts on the first
     /// request while the rest are parsed, and the guest gets the first completions while the
     /// rest are processed, so neither waits for the whole batch (see docs/benchmarks.md,
-    /// "Lock-step"); the price is a few more submissions than one per kick. Returns what the
-    /// ring held: `Took` if anything was taken.
+    /// "Keeping the disk busy"); the price is a few more submissions than one per kick.
+    /// Returns what the ring held: `Took` if anything was taken.
     fn serve_batches(
         &mut self,
         state: &mut Vring,
