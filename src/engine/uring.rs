@@ -57,10 +57,9 @@ struct FixedBuffers {
     bufs: Vec<libc::iovec>,
     /// Whether the kernel has READV_FIXED and WRITEV_FIXED.
     vectored: bool,
-    /// Whether the ring has a buffer table at all.
-    available: bool,
-    /// The most guest memory to register, in bytes.
-    max_bytes: u64,
+    /// The most guest memory to register, in bytes; `None` when the ring has no buffer table
+    /// (fixed buffers not asked for, or refused by the kernel).
+    max_bytes: Option<u64>,
 }
 
 // SAFETY: the iovecs only describe mappings of `mem`, which is shared, immutable and Send.
@@ -111,24 +110,27 @@ impl UringEngine {
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         let helper = ThreadPool::new(fd, 1, eventfd.try_clone()?)?;
-        let mut probe = Probe::new();
-        let vectored = ring.submitter().register_probe(&mut probe).is_ok()
-            && probe.is_supported(opcode::ReadvFixed::CODE)
-            && probe.is_supported(opcode::WritevFixed::CODE);
-        let available = fixed_buffers.is_some()
-            && match ring.submitter().register_buffers_sparse(FIXED_SLOTS) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::info!(
-                        "io_uring: no fixed buffers ({e}); requests pin guest pages one by one"
-                    );
-                    false
-                }
-            };
+        let max_bytes =
+            fixed_buffers.filter(
+                |_| match ring.submitter().register_buffers_sparse(FIXED_SLOTS) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::info!(
+                            "io_uring: no fixed buffers ({e}); requests pin guest pages one by one"
+                        );
+                        false
+                    }
+                },
+            );
+        let vectored = max_bytes.is_some() && {
+            let mut probe = Probe::new();
+            ring.submitter().register_probe(&mut probe).is_ok()
+                && probe.is_supported(opcode::ReadvFixed::CODE)
+                && probe.is_supported(opcode::WritevFixed::CODE)
+        };
         let fixed = FixedBuffers {
             vectored,
-            available,
-            max_bytes: fixed_buffers.unwrap_or(0),
+            max_bytes,
             ..FixedBuffers::default()
         };
         Ok(UringEngine {
@@ -155,13 +157,14 @@ impl UringEngine {
         }
         bufs.truncate(FIXED_SLOTS as usize);
         let total: u64 = bufs.iter().map(|b| b.iov_len as u64).sum();
-        if total > self.fixed.max_bytes {
+        let max_bytes = self.fixed.max_bytes.unwrap_or(0);
+        if total > max_bytes {
             limited!(
                 log::Level::Warn,
                 "io_uring: guest memory ({} MiB) is more than --fixed-buffers allows ({} MiB); \
                  not registering it",
                 total >> 20,
-                self.fixed.max_bytes >> 20
+                max_bytes >> 20
             );
             bufs.clear();
         }
@@ -240,7 +243,7 @@ impl Engine for UringEngine {
 
     fn use_guest_memory(&mut self, mem: &Arc<GuestMemory>) {
         let registered = self.fixed.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem));
-        if self.fixed.available && !registered {
+        if self.fixed.max_bytes.is_some() && !registered {
             self.register(mem);
         }
     }
@@ -354,8 +357,7 @@ mod tests {
         let mut fixed = FixedBuffers {
             bufs: vec![iov(0x1000, 0x1000), iov(0x10_000, 0x4000)],
             vectored: true,
-            available: true,
-            max_bytes: u64::MAX,
+            max_bytes: Some(u64::MAX),
             mem: None,
         };
         assert_eq!(fixed.index_of(&[iov(0x1000, 0x1000)]), Some(0));
