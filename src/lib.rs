@@ -6,10 +6,8 @@
 //! one call-fd signal per batch). [`device`] is the vhost-user face of it all, [`daemon`] the
 //! accept/serve/drain loop. See `docs/architecture.md` for the whole story.
 
-pub mod aoe;
-pub mod bench;
+pub mod aligned;
 pub mod blk;
-mod bounce;
 pub mod daemon;
 pub mod device;
 pub mod disk;
@@ -18,6 +16,7 @@ mod inflight;
 mod iov;
 mod ratelimit;
 pub mod sigbus;
+pub mod size;
 mod worker;
 
 /// Guest memory as the vhost-user library maps it (no dirty-page bitmap).

@@ -1,12 +1,13 @@
 //! The `vblkd` command line.
 
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use vblkd::bench::{self, Rw, Target, Workload};
 use vblkd::daemon::{self, ServeOptions};
 use vblkd::disk::{
     AioMode, AoeDisk, CacheMode, Disk, FileDisk, FileDiskOptions, NullDisk, SERIAL_LEN,
@@ -26,98 +27,13 @@ struct Cli {
 enum Command {
     /// Serve a disk on a vhost-user socket until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Measure a vhost-user-blk daemon (or a file, natively).
-    #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// One workload against one daemon socket, or natively against a file.
-    Run(BenchRunArgs),
-    /// Every aio and cache mode of vblkd and qemu-storage-daemon, the null disks and the
-    /// native reference, over a grid of workloads; writes report.md and SVG charts.
-    Matrix(BenchMatrixArgs),
-}
-
-#[derive(Args)]
-struct BenchMatrixArgs {
-    /// The disk file to benchmark on; created (filled with data) if missing.
-    #[arg(long, value_name = "FILE")]
-    disk: PathBuf,
-    /// Size of the disk file when it has to be created.
-    #[arg(long, default_value = "1G", value_parser = parse_size)]
-    size: u64,
-    /// Where report.md, results.json and the charts go.
-    #[arg(long, value_name = "DIR", default_value = "bench-report")]
-    out: PathBuf,
-    /// Measured seconds per run.
-    #[arg(long, default_value_t = 2.0)]
-    seconds: f64,
-    /// Warm-up seconds per run.
-    #[arg(long, default_value_t = 0.5)]
-    ramp: f64,
-    /// Do not pin daemons and load threads to separate CPUs.
-    #[arg(long)]
-    no_pin: bool,
-    /// Also measure vblkd with --poll-us set to this (0: skip those rows). The polling window
-    /// adapts up to this ceiling, which must exceed the disk's latency for QD1 to gain.
-    #[arg(long, default_value_t = 200)]
-    poll_us: u32,
-    /// Extra arguments for every vblkd daemon, e.g. --vblkd-arg=--threads=16.
-    #[arg(long = "vblkd-arg", value_name = "ARG", allow_hyphen_values = true)]
-    vblkd_args: Vec<String>,
-}
-
-#[derive(Args)]
-#[group(id = "target", required = true, multiple = false)]
-struct TargetArgs {
-    /// A vhost-user-blk socket (vblkd, qemu-storage-daemon, ...).
-    #[arg(long, value_name = "PATH", group = "target")]
-    socket: Option<PathBuf>,
-    /// A file or block device, driven with io_uring and O_DIRECT: the native reference.
-    #[arg(long, value_name = "FILE", group = "target")]
-    native: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct BenchRunArgs {
-    #[command(flatten)]
-    target: TargetArgs,
-    #[arg(long, value_enum, default_value = "randread")]
-    rw: Rw,
-    /// Block size; suffixes K, M.
-    #[arg(long, default_value = "4k", value_parser = parse_size)]
-    bs: u64,
-    /// Requests in flight per queue.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    iodepth: u16,
-    /// Queues, one load thread each.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    queues: u16,
-    /// Issue at most this many requests per second per queue (a light, steady load, e.g. to
-    /// see what busy polling costs when the disk is nearly idle); default: as fast as possible.
-    #[arg(long, value_name = "IOPS")]
-    rate: Option<f64>,
-    /// Length of the measured window.
-    #[arg(long, default_value_t = 5.0)]
-    seconds: f64,
-    /// Warm-up before measuring.
-    #[arg(long, default_value_t = 1.0)]
-    ramp: f64,
-    /// The daemon's PID, to measure its CPU time and context switches per I/O.
-    #[arg(long)]
-    pid: Option<u32>,
-    /// The PID of what the daemon talks to (e.g. vblade behind an AoE disk), to measure its CPU
-    /// time per I/O too.
-    #[arg(long)]
-    target_pid: Option<u32>,
-    /// Pin the load threads to these CPUs (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    cpus: Vec<usize>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
+    /// Measure a vhost-user-blk daemon: runs the vblkd-bench program installed beside vblkd
+    /// (`vblkd bench --help` for its commands).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Args)]
@@ -130,7 +46,7 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     disk: PathBuf,
     /// Create the file with this size, or grow it (sparse); suffixes K, M, G, T (powers of 1024).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = vblkd::size::parse)]
     size: Option<u64>,
     /// I/O engine, as QEMU's aio= option.
     #[arg(long, value_enum, default_value = "io_uring")]
@@ -169,31 +85,8 @@ struct ServeArgs {
     /// T). This pins all of the guest's memory (faulting it in) while the frontend is
     /// connected, and the frontend decides how large it is: MAX bounds what it can make vblkd
     /// pin.
-    #[arg(long, value_name = "MAX", value_parser = parse_size)]
+    #[arg(long, value_name = "MAX", value_parser = vblkd::size::parse)]
     fixed_buffers: Option<u64>,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, shift) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("unknown suffix '{c}'; use K, M, G or T")),
-            };
-            (&s[..i], shift)
-        }
-        _ => (s, 0),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size; write e.g. 1073741824 or 1G"))?;
-    n.checked_mul(1 << shift)
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("'{s}' is not a usable size"))
 }
 
 fn parse_queue_size(s: &str) -> Result<u16, String> {
@@ -232,7 +125,7 @@ fn open_disk(args: &ServeArgs) -> Result<Arc<dyn Disk>, Box<dyn std::error::Erro
         return Ok(Arc::new(disk));
     }
     if let Some(size) = spec.strip_prefix("null:") {
-        let size = parse_size(size).map_err(|e| format!("--disk null:SIZE: {e}"))?;
+        let size = vblkd::size::parse(size).map_err(|e| format!("--disk null:SIZE: {e}"))?;
         let disk = NullDisk::new(
             size,
             args.logical_block_size,
@@ -293,56 +186,24 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn bench_run(args: BenchRunArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let target = match (args.target.socket, args.target.native) {
-        (Some(socket), _) => Target::Socket(socket),
-        (None, Some(file)) => Target::Native(file),
-        (None, None) => unreachable!("clap requires one target"),
-    };
-    if !(args.seconds > 0.0 && args.ramp >= 0.0) {
-        return Err("--seconds must be positive and --ramp not negative".into());
-    }
-    if args.bs == 0 || args.bs % 512 != 0 {
-        return Err(format!("--bs {} is not a multiple of 512", args.bs).into());
-    }
-    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err("--rate must be a positive number of requests per second".into());
-    }
-    let workload = Workload {
-        rw: args.rw,
-        bs: args.bs as usize,
-        iodepth: usize::from(args.iodepth),
-        queues: usize::from(args.queues),
-        seconds: args.seconds,
-        ramp: args.ramp,
-        rate: args.rate,
-    };
-    let watched = bench::Watched {
-        daemon: args.pid,
-        target: args.target_pid,
-    };
-    let result = bench::run(&target, &workload, watched, &args.cpus)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&result)?);
-    } else {
-        print!("{}", bench::format_result(&result));
-    }
-    Ok(())
-}
-
-fn bench_matrix(args: BenchMatrixArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let report = bench::matrix::run_matrix(&bench::matrix::MatrixOptions {
-        disk: args.disk,
-        size: args.size,
-        out: args.out,
-        seconds: args.seconds,
-        ramp: args.ramp,
-        pin: !args.no_pin,
-        vblkd_args: args.vblkd_args,
-        poll_us: args.poll_us,
-    })?;
-    println!("report written to {}", report.display());
-    Ok(())
+/// `vblkd bench ARGS` is `vblkd-bench ARGS`, as `git foo` is `git-foo`: the benchmark tool is
+/// its own program (it drives any vhost-user-blk daemon, and its plotting and client libraries
+/// stay out of the daemon). The one beside this executable is preferred, so that a build tree
+/// or an install directory is used as a whole; otherwise PATH decides.
+fn bench(args: &[OsString]) -> Result<(), Box<dyn std::error::Error>> {
+    const BENCH: &str = "vblkd-bench";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(BENCH)))
+        .filter(|path| path.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from(BENCH));
+    // exec only returns on failure.
+    let err = std::process::Command::new(&program).args(args).exec();
+    Err(format!(
+        "cannot run {} ({err}); build it with `cargo build --release -p {BENCH}`, or put it on PATH",
+        program.display()
+    )
+    .into())
 }
 
 fn main() -> ExitCode {
@@ -350,8 +211,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Bench(BenchCommand::Run(args)) => bench_run(args),
-        Command::Bench(BenchCommand::Matrix(args)) => bench_matrix(args),
+        Command::Bench { args } => bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,9 +31,9 @@ use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
+use crate::aligned::AlignedBuffer;
 use crate::blk::layout::status;
 use crate::blk::request::{self, Limits, Rejected, Request, RequestKind, Scratch};
-use crate::bounce::BounceBuffer;
 use crate::disk::DiskInfo;
 use crate::engine::{wait_for_completions, Completion, Engine, IoOp};
 use crate::inflight::InflightQueue;
@@ -96,7 +96,7 @@ struct Slot {
     /// The guest's data buffers.
     iov: Vec<libc::iovec>,
     /// Set when the guest's buffers cannot be used for I/O directly.
-    bounce: Option<BounceBuffer>,
+    bounce: Option<AlignedBuffer>,
     /// The read or write as first handed to the engine, and the bytes of it that earlier
     /// short transfers moved: a short transfer is resubmitted for the rest.
     data_op: Option<IoOp>,
@@ -829,7 +829,7 @@ fn prepare_data(slot: &mut Slot, req: &Request, alignment: usize) -> std::io::Re
     if !misaligned && slot.iov.len() <= IOV_MAX {
         return Ok(());
     }
-    let mut bounce = BounceBuffer::new(req.data_len)?;
+    let mut bounce = AlignedBuffer::new(req.data_len)?;
     if matches!(req.kind, RequestKind::Write { .. }) {
         // SAFETY: the parser built these iovecs from mapped guest memory.
         unsafe { iov::copy_from(&slot.iov, bounce.as_mut_slice()) };

@@ -14,14 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aoe::frame::{self, AtaArg, Header, ATA_HEADER_LEN, ATA_READ_EXT, CMD_ATA, FLAG_RESPONSE};
+use aoe::socket::RawSocket;
 use blkio::ReqFlags;
 use common::frontend::{Guest, Setup};
 use common::workload::{random_io, BUFFER_BYTES};
 use common::{first_difference, Client, Daemon, Rng};
-use vblkd::aoe::frame::{
-    self, AtaArg, Header, ATA_HEADER_LEN, ATA_READ_EXT, CMD_ATA, FLAG_RESPONSE,
-};
-use vblkd::aoe::socket::RawSocket;
 
 const DISK_BYTES: usize = 64 << 20;
 const SHELF: &str = "3";

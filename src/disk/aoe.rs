@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Disk, DiskError, DiskInfo, SERIAL_LEN};
-use crate::aoe::{discover, parse_address, AoeError};
 use crate::engine::{AoeEngine, AoeTarget, Engine};
+use aoe::{discover, parse_address, AoeError};
 
 pub struct AoeDisk {
     info: DiskInfo,

@@ -17,10 +17,11 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{Disk, DiskError, DiskInfo, SERIAL_LEN};
+use crate::aligned::AlignedBuffer;
 use crate::engine::{probe_io_uring, AioEngine, Engine, ThreadPool, UringEngine};
 
 /// The I/O engine, named as QEMU's `aio=` option names it.
@@ -309,22 +310,14 @@ fn check_direct_io_block_size(
     block: u32,
     capacity: u64,
 ) -> Result<(), DiskError> {
-    let len = block as usize;
-    let layout = std::alloc::Layout::from_size_align(len, 4096).expect("valid layout");
-    // SAFETY: the layout has a non-zero size.
-    let buf = unsafe { std::alloc::alloc(layout) };
-    if buf.is_null() {
-        std::alloc::handle_alloc_error(layout);
-    }
+    let mut buf = AlignedBuffer::new(block as usize).map_err(|source| DiskError::Inspect {
+        path: path.to_path_buf(),
+        source,
+    })?;
     // Read the last block: an odd multiple of 512 when the disk has more than one block, which
     // is what a 4 KiB-only device refuses.
-    let offset = capacity - u64::from(block);
-    // SAFETY: `buf` has room for `len` bytes.
-    let ret = unsafe { libc::pread(file.as_raw_fd(), buf.cast(), len, offset as libc::off_t) };
-    let err = io::Error::last_os_error();
-    // SAFETY: allocated above with the same layout.
-    unsafe { std::alloc::dealloc(buf, layout) };
-    if ret < 0 && err.raw_os_error() == Some(libc::EINVAL) {
+    let result = file.read_at(buf.as_mut_slice(), capacity - u64::from(block));
+    if result.is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL)) {
         return Err(DiskError::BlockSizeTooSmall {
             path: path.to_path_buf(),
             block,

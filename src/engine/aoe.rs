@@ -9,14 +9,14 @@
 //!
 //! A request is split into frames of at most `sectors_per_frame` sectors. The frames a round
 //! releases go out in one `sendmmsg`, writes gathered straight from guest memory; replies are
-//! read in place from the socket's mapped receive ring ([`crate::aoe::ring`]) and read data
+//! read in place from the socket's mapped receive ring ([`aoe::ring`]) and read data
 //! copied into guest memory at its offset. Frames are released as the congestion window
 //! allows; a frame that times out is sent again with a fresh tag after a backed-off RTO, and
 //! a request still unanswered at its deadline fails with EIO. Only replies that match an
 //! outstanding tag, come from the target's MAC and carry its shelf.slot are accepted.
 //!
 //! While the target has a queue of frames to work through, replies are gathered on a timer
-//! instead of waking the thread for each ([`crate::aoe::gather`]); the worker then keeps
+//! instead of waking the thread for each ([`aoe::gather`]); the worker then keeps
 //! guest kicks off too and looks at the avail ring when the timer fires
 //! ([`Engine::calls_back_soon`]).
 
@@ -29,17 +29,17 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::{Completion, Engine, IoOp};
-use crate::aoe::flow::FlowControl;
-use crate::aoe::frame::{
+use crate::iov;
+use crate::ratelimit::limited;
+use aoe::flow::FlowControl;
+use aoe::frame::{
     self, AtaArg, Frame, Header, Mac, AFLAG_EXTENDED, AFLAG_WRITE, ATA_FLUSH_CACHE, ATA_HEADER_LEN,
     ATA_READ_EXT, ATA_STATUS_DF, ATA_STATUS_ERR, ATA_WRITE_EXT, CMD_ATA, FLAG_ERROR, FLAG_RESPONSE,
     SECTOR,
 };
-use crate::aoe::gather::ReplyGathering;
-use crate::aoe::ring::RxRing;
-use crate::aoe::socket::{RawSocket, TxBatch};
-use crate::iov;
-use crate::ratelimit::limited;
+use aoe::gather::ReplyGathering;
+use aoe::ring::RxRing;
+use aoe::socket::{RawSocket, TxBatch};
 
 /// What every engine of one AoE disk shares: where the target is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -671,7 +671,7 @@ impl Engine for AoeEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aoe::frame::{self, Frame};
+    use aoe::frame::{self, Frame};
 
     const OURS: Mac = [2, 0, 0, 0, 0, 1];
     const THEIRS: Mac = [2, 0, 0, 0, 0, 2];

@@ -7,6 +7,10 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
+use vmm_sys_util::syscall::SyscallReturnCode;
+
+use crate::aligned::AlignedBuffer;
+
 use super::IoOp;
 
 /// Runs `op` on `fd` and returns the bytes moved.
@@ -25,7 +29,7 @@ pub(super) fn execute(fd: RawFd, op: &IoOp) -> io::Result<usize> {
         } => transfer(fd, offset, iov, iovcnt, Direction::Write { dsync }),
         IoOp::Flush => {
             // SAFETY: fdatasync takes a plain fd and touches no memory of ours.
-            cvt(unsafe { libc::fdatasync(fd) } as isize)?;
+            SyscallReturnCode(unsafe { libc::fdatasync(fd) }).into_result()?;
             Ok(0)
         }
         IoOp::Discard { offset, len } => {
@@ -75,7 +79,7 @@ fn transfer(
     let cnt = i32::try_from(iovcnt).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: the engine contract (Engine::push) guarantees `iov` points to `iovcnt` valid
     // iovecs whose buffers stay valid for the life of the operation.
-    cvt(unsafe {
+    let moved = SyscallReturnCode(unsafe {
         match dir {
             Direction::Read => libc::preadv2(fd, iov, cnt, pos, 0),
             Direction::Write { dsync } => {
@@ -84,12 +88,17 @@ fn transfer(
             }
         }
     })
+    .into_result()?;
+    // Anything but -1 is a byte count.
+    usize::try_from(moved).map_err(|_| io::Error::from_raw_os_error(libc::EIO))
 }
 
 fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate takes a plain fd and integers.
-    let ret = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
-    cvt(ret as isize).map(|_| ())
+    SyscallReturnCode(unsafe {
+        libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t)
+    })
+    .into_empty_result()
 }
 
 fn is_unsupported(e: &io::Error) -> bool {
@@ -99,56 +108,37 @@ fn is_unsupported(e: &io::Error) -> bool {
     )
 }
 
-/// A zeroed, 4 KiB-aligned buffer usable with O_DIRECT, shared read-only by every thread.
-struct ZeroBuffer {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the buffer is written once (zeroed at allocation) and only ever read afterwards.
-unsafe impl Send for ZeroBuffer {}
-// SAFETY: as above; concurrent reads of immutable memory are fine.
-unsafe impl Sync for ZeroBuffer {}
-
-fn zero_buffer() -> &'static ZeroBuffer {
-    static ZEROES: OnceLock<ZeroBuffer> = OnceLock::new();
-    ZEROES.get_or_init(|| {
-        const LEN: usize = 1 << 20;
-        let layout = std::alloc::Layout::from_size_align(LEN, 4096).expect("valid layout");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        ZeroBuffer { ptr, len: LEN }
-    })
+/// A zeroed, aligned buffer usable with O_DIRECT, shared read-only by every thread.
+fn zero_buffer() -> io::Result<&'static AlignedBuffer> {
+    static ZEROES: OnceLock<AlignedBuffer> = OnceLock::new();
+    if let Some(zeroes) = ZEROES.get() {
+        return Ok(zeroes);
+    }
+    // Two threads may both allocate; one buffer is kept, the other freed.
+    let _ = ZEROES.set(AlignedBuffer::new(1 << 20)?);
+    Ok(ZEROES.get().expect("set above"))
 }
 
 fn write_zeroes_by_hand(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
-    let zeroes = zero_buffer();
+    let zeroes = zero_buffer()?.iovec();
     let mut done = 0u64;
     while done < len {
-        let chunk = (len - done).min(zeroes.len as u64) as usize;
         let iov = libc::iovec {
-            iov_base: zeroes.ptr.cast(),
-            iov_len: chunk,
+            iov_base: zeroes.iov_base,
+            iov_len: usize::try_from(len - done)
+                .map_or(zeroes.iov_len, |rest| rest.min(zeroes.iov_len)),
         };
-        transfer(
+        let written = transfer(
             fd,
             offset + done,
             &iov,
             1,
             Direction::Write { dsync: false },
         )?;
-        done += chunk as u64;
+        if written == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        done += written as u64;
     }
     Ok(())
-}
-
-fn cvt(ret: isize) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
 }

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::*;
-use crate::bounce::BounceBuffer;
+use crate::aligned::AlignedBuffer;
 
 const FILE_BYTES: u64 = 1 << 20;
 const CAPACITY: u16 = 64;
@@ -106,8 +106,8 @@ fn bytes(results: &[(u64, io::Result<usize>)]) -> Vec<usize> {
         .collect()
 }
 
-fn pattern(len: usize, seed: u8) -> BounceBuffer {
-    let mut buf = BounceBuffer::new(len).unwrap();
+fn pattern(len: usize, seed: u8) -> AlignedBuffer {
+    let mut buf = AlignedBuffer::new(len).unwrap();
     for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
         *b = (i as u8).wrapping_mul(31).wrapping_add(seed) | 1;
     }
@@ -130,7 +130,7 @@ fn written_data_reads_back_through_two_segments() {
                 iov_len: half,
             },
         ];
-        let back = BounceBuffer::new(64 << 10).unwrap();
+        let back = AlignedBuffer::new(64 << 10).unwrap();
         let write = IoOp::Write {
             offset: 4096,
             iov: write_iov.as_ptr(),
@@ -157,7 +157,7 @@ fn written_data_reads_back_through_two_segments() {
 fn a_full_window_in_flight_completes_every_operation_once() {
     for (name, _dir, mut s) in subjects() {
         let bufs: Vec<_> = (0..CAPACITY)
-            .map(|_| BounceBuffer::new(4096).unwrap())
+            .map(|_| AlignedBuffer::new(4096).unwrap())
             .collect();
         let ops: Vec<_> = bufs
             .iter()
@@ -187,7 +187,7 @@ fn a_full_window_in_flight_completes_every_operation_once() {
 fn flush_dsync_discard_and_write_zeroes_complete_and_zero() {
     for (name, _dir, mut s) in subjects() {
         let data = pattern(16 << 10, 3);
-        let back = BounceBuffer::new(16 << 10).unwrap();
+        let back = AlignedBuffer::new(16 << 10).unwrap();
         let write = IoOp::Write {
             offset: 0,
             iov: data.iovec(),
@@ -233,7 +233,7 @@ fn flush_dsync_discard_and_write_zeroes_complete_and_zero() {
 #[test]
 fn a_read_across_the_end_of_the_file_returns_what_exists() {
     for (name, _dir, mut s) in subjects() {
-        let back = BounceBuffer::new(8192).unwrap();
+        let back = AlignedBuffer::new(8192).unwrap();
         let read = IoOp::Read {
             offset: FILE_BYTES - 4096,
             iov: back.iovec(),

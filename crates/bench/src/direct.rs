@@ -10,14 +10,14 @@ use std::path::Path;
 use io_uring::{opcode, types, IoUring};
 
 use super::{BenchError, LoadQueue, Prepared, SharedBuffers, Workload};
-use crate::bounce::BounceBuffer;
+use vblkd::aligned::AlignedBuffer;
 
-struct NativeQueue {
+struct DirectQueue {
     ring: IoUring,
     fd: i32,
 }
 
-impl LoadQueue for NativeQueue {
+impl LoadQueue for DirectQueue {
     fn queue(&mut self, slot: usize, write: bool, offset: u64, buf: *mut u8, len: usize) {
         let fd = types::Fd(self.fd);
         let entry = if write {
@@ -63,7 +63,7 @@ pub(super) fn open(path: &Path, w: &Workload) -> Result<Prepared, BenchError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut buffers = BounceBuffer::new(w.queues * w.iodepth * w.bs)
+    let mut buffers = AlignedBuffer::new(w.queues * w.iodepth * w.bs)
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     buffers
         .as_mut_slice()
@@ -75,7 +75,7 @@ pub(super) fn open(path: &Path, w: &Workload) -> Result<Prepared, BenchError> {
         .map(|_| {
             let ring = IoUring::new((w.iodepth as u32).next_power_of_two())
                 .map_err(|e| BenchError::Setup(format!("io_uring: {e}")))?;
-            Ok(Box::new(NativeQueue {
+            Ok(Box::new(DirectQueue {
                 ring,
                 fd: file.as_raw_fd(),
             }) as Box<dyn LoadQueue>)

@@ -1,5 +1,5 @@
 //! `vblkd bench matrix`: every aio × cache mode of vblkd and of qemu-storage-daemon, the null
-//! disks of both, and the native reference, over one grid of workloads, in one run — so that
+//! disks of both, and the direct reference, over one grid of workloads, in one run — so that
 //! the report's ratios compare numbers taken minutes apart on the same machine.
 //!
 //! Daemons are started here, one configuration at a time, pinned to the last CPU while the
@@ -15,71 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 use super::report;
-use super::{run, RunResult, Rw, Target, Watched, Workload};
-
-/// Which program serves the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Peer {
-    /// io_uring + O_DIRECT straight on the file, no daemon.
-    Native,
-    Vblkd,
-    Qsd,
-}
-
-impl Peer {
-    pub fn name(self) -> &'static str {
-        match self {
-            Peer::Native => "native",
-            Peer::Vblkd => "vblkd",
-            Peer::Qsd => "qemu-storage-daemon",
-        }
-    }
-}
-
-/// One daemon configuration. `aio` is None for the null disks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Config {
-    pub peer: Peer,
-    pub aio: Option<String>,
-    pub cache: String,
-    /// vblkd's --poll-us (0: not polling).
-    #[serde(default)]
-    pub poll_us: u32,
-}
-
-impl Config {
-    /// "io_uring/none", "null", ...: the mode rows of different peers are compared in.
-    pub fn base_mode(&self) -> String {
-        match &self.aio {
-            Some(aio) => format!("{aio}/{}", self.cache),
-            None => "null".into(),
-        }
-    }
-
-    /// The base mode, marked "+poll" for a polling vblkd.
-    pub fn mode(&self) -> String {
-        if self.poll_us > 0 {
-            format!("{}+poll", self.base_mode())
-        } else {
-            self.base_mode()
-        }
-    }
-
-    pub fn label(&self) -> String {
-        format!("{} {}", self.peer.name(), self.mode())
-    }
-}
-
-/// One cell of the matrix.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Row {
-    pub config: Config,
-    pub workload: Workload,
-    pub result: Result<RunResult, String>,
-}
+use super::results::{Config, Peer, Row};
+use super::{run, Endpoint, Rw, Watched, Workload};
 
 #[derive(Debug, Clone)]
 pub struct MatrixOptions {
@@ -90,10 +29,22 @@ pub struct MatrixOptions {
     pub seconds: f64,
     pub ramp: f64,
     pub pin: bool,
+    /// The vblkd program to measure.
+    pub vblkd: PathBuf,
     /// Extra arguments for every vblkd daemon.
     pub vblkd_args: Vec<String>,
     /// Also run vblkd with this --poll-us (0: don't).
     pub poll_us: u32,
+}
+
+/// The `vblkd` in this program's directory (a build tree or an install directory holds both),
+/// or else plain `vblkd`, for PATH to find.
+pub fn vblkd_beside_this_program() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("vblkd")))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from("vblkd"))
 }
 
 const AIO_MODES: [&str; 3] = ["io_uring", "native", "threads"];
@@ -109,7 +60,7 @@ pub fn configs(with_qsd: bool, poll_us: u32) -> Vec<Config> {
         cache: cache.to_owned(),
         poll_us,
     };
-    let mut out = vec![config(Peer::Native, Some("io_uring"), "none", 0)];
+    let mut out = vec![config(Peer::Direct, Some("io_uring"), "none", 0)];
     let peers: &[Peer] = if with_qsd {
         &[Peer::Vblkd, Peer::Qsd]
     } else {
@@ -221,10 +172,9 @@ fn start_daemon(
     let socket = dir.join(format!("{}.sock", config.peer.name()));
     let _ = std::fs::remove_file(&socket);
     match config.peer {
-        Peer::Native => Err("the native reference has no daemon".into()),
+        Peer::Direct => Err("the direct reference has no daemon".into()),
         Peer::Vblkd => {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let mut cmd = Command::new(exe);
+            let mut cmd = Command::new(&opts.vblkd);
             cmd.arg("serve")
                 .arg("--socket")
                 .arg(&socket)
@@ -401,7 +351,7 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<PathBuf, String> {
     let with_qsd = qsd_available();
     if !with_qsd {
         eprintln!(
-            "qemu-storage-daemon not found: comparing with native only (scripts/setup installs it)"
+            "qemu-storage-daemon not found: comparing with the direct reference only (scripts/setup installs it)"
         );
     }
     let configs = configs(with_qsd, opts.poll_us);
@@ -418,37 +368,37 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<PathBuf, String> {
     for config in &configs {
         drop_caches();
         let daemon = match config.peer {
-            Peer::Native => Ok(None),
+            Peer::Direct => Ok(None),
             _ => start_daemon(config, opts, &work, &daemon_cpus).map(Some),
         };
         // What each run of this configuration drives and watches, or why it cannot run.
         let setup = daemon.as_ref().map(|daemon| match daemon {
-            None => (Target::Native(opts.disk.clone()), Watched::default()),
+            None => (Endpoint::Direct(opts.disk.clone()), Watched::default()),
             Some(d) => {
                 let watched = Watched {
                     daemon: Some(d.pid),
-                    target: None,
+                    backend: None,
                 };
-                (Target::Socket(d.socket.clone()), watched)
+                (Endpoint::Socket(d.socket.clone()), watched)
             }
         });
         // Dropping caches syncs the whole machine; the disk can stay busy for seconds after.
         // A discarded warm-up run absorbs that before anything is recorded.
-        if let (Ok((target, _)), Some(first)) = (&setup, grid.first()) {
+        if let (Ok((endpoint, _)), Some(first)) = (&setup, grid.first()) {
             progress.set_message(format!("{}: warm-up", config.label()));
             let warm_up = Workload {
                 seconds: opts.seconds.max(1.0),
                 ramp: 0.0,
                 ..first.clone()
             };
-            let _ = run(target, &warm_up, Watched::default(), &load_cpus);
+            let _ = run(endpoint, &warm_up, Watched::default(), &load_cpus);
         }
         for w in &grid {
             progress.set_message(format!("{}: {}", config.label(), w.label()));
             let result = match &setup {
                 Err(e) => Err((*e).clone()),
-                Ok((target, watched)) => {
-                    run(target, w, *watched, &load_cpus).map_err(|e| e.to_string())
+                Ok((endpoint, watched)) => {
+                    run(endpoint, w, *watched, &load_cpus).map_err(|e| e.to_string())
                 }
             };
             let result = result.and_then(|r| {

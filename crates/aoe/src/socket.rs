@@ -13,6 +13,8 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use vmm_sys_util::syscall::SyscallReturnCode;
+
 use super::frame::{Mac, ATA_HEADER_LEN, ETHERTYPE};
 
 pub struct RawSocket {
@@ -25,14 +27,6 @@ pub struct RawSocket {
 
 /// Size of `struct virtio_net_hdr`, which PACKET_VNET_HDR puts in front of every frame.
 const VNET_HEADER_LEN: usize = 10;
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 impl RawSocket {
     /// Opens a socket on `iface` that sends and receives AoE frames.
@@ -47,13 +41,14 @@ impl RawSocket {
             ));
         }
         // SAFETY: plain socket(2); the fd is owned below.
-        let raw = cvt(unsafe {
+        let raw = SyscallReturnCode(unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                 i32::from(ETHERTYPE.to_be()),
             )
-        })?;
+        })
+        .into_result()?;
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid starting value.
@@ -62,13 +57,14 @@ impl RawSocket {
         addr.sll_protocol = ETHERTYPE.to_be();
         addr.sll_ifindex = ifindex as i32;
         // SAFETY: `addr` is a valid sockaddr_ll of the size we pass.
-        cvt(unsafe {
+        SyscallReturnCode(unsafe {
             libc::bind(
                 fd.as_raw_fd(),
                 (&addr as *const libc::sockaddr_ll).cast(),
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             )
-        })?;
+        })
+        .into_result()?;
 
         // SAFETY: ifreq is plain data; the name fits (checked by if_nametoindex's success,
         // names are shorter than IFNAMSIZ).
@@ -77,7 +73,8 @@ impl RawSocket {
             *d = *s as libc::c_char;
         }
         // SAFETY: SIOCGIFHWADDR fills the ifreq we pass.
-        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) })?;
+        SyscallReturnCode(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) })
+            .into_result()?;
         // SAFETY: the ioctl succeeded, so the hardware-address member is the valid one.
         let hw = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
         let mut mac = [0u8; 6];
@@ -85,7 +82,8 @@ impl RawSocket {
             *m = *b as u8;
         }
         // SAFETY: as above, for SIOCGIFMTU.
-        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFMTU, &mut req) })?;
+        SyscallReturnCode(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFMTU, &mut req) })
+            .into_result()?;
         // SAFETY: the ioctl succeeded, so the MTU member is the valid one.
         let mtu = unsafe { req.ifr_ifru.ifru_mtu } as usize;
         Ok(RawSocket {
@@ -142,7 +140,7 @@ impl RawSocket {
     pub(super) fn set_option<T>(&self, level: i32, name: i32, value: &T) -> io::Result<()> {
         // SAFETY: setsockopt reads size_of::<T>() bytes from `value`, a live reference; the
         // callers pass the kernel's own structures (or a c_int) for the option they name.
-        cvt(unsafe {
+        SyscallReturnCode(unsafe {
             libc::setsockopt(
                 self.fd.as_raw_fd(),
                 level,
@@ -150,7 +148,8 @@ impl RawSocket {
                 (value as *const T).cast(),
                 std::mem::size_of::<T>() as u32,
             )
-        })?;
+        })
+        .into_result()?;
         Ok(())
     }
 
@@ -325,9 +324,8 @@ impl TxBatch {
         self.starts.is_empty()
     }
 
-    /// The frames queued so far, each as its AoE header and data, forgetting them: what a test
-    /// sees of what would have been sent.
-    #[cfg(test)]
+    /// The frames queued so far, each as its AoE header and data, forgetting them: what would
+    /// have been sent, for a test of an initiator (or anything that sends frames another way).
     pub fn take_frames(&mut self) -> Vec<([u8; ATA_HEADER_LEN], Vec<u8>)> {
         let ends = self
             .starts

@@ -4,8 +4,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::matrix::{Peer, Row};
-use super::report::{workload, Results};
+use super::results::{workload, Peer, Results, Row};
 use super::{RunResult, Rw, Workload};
 
 /// One bar series: a label and how to find its result for a workload.
@@ -26,12 +25,12 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(148, 103, 189),
 ];
 
-fn series(with_native: bool) -> Vec<Series> {
+fn series(with_direct: bool) -> Vec<Series> {
     let mut out = Vec::new();
-    if with_native {
+    if with_direct {
         out.push(Series {
-            label: "native io_uring".into(),
-            peer: Peer::Native,
+            label: "direct (io_uring, no daemon)".into(),
+            peer: Peer::Direct,
             mode: "io_uring/none".into(),
         });
     }

@@ -1,11 +1,12 @@
-//! ATA over Ethernet: the protocol pieces of vblkd's userspace initiator.
+//! ATA over Ethernet (AoE r11): the protocol pieces of a userspace initiator, free of any
+//! vhost-user or virtio concern.
 //!
-//! [`frame`] encodes and parses AoE r11 frames, [`socket`] is the raw AF_PACKET socket
+//! [`frame`] encodes and parses AoE frames, [`socket`] is the raw AF_PACKET socket
 //! (with [`ring`], its memory-mapped receive ring),
 //! [`flow`] the congestion window and RTT estimate, [`gather`] when to let replies gather
-//! instead of waking for each, [`discover`] finds a target. The
-//! initiator itself is an I/O engine ([`crate::engine::AoeEngine`]), and the disk backend
-//! that ties them together is [`crate::disk::AoeDisk`]. See docs/aoe.md.
+//! instead of waking for each, [`discover`] finds a target. vblkd's initiator is an I/O engine
+//! built on these (`vblkd::engine::AoeEngine`), and a target could be built on them too.
+//! See vblkd's docs/aoe.md.
 
 use std::io;
 

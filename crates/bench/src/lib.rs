@@ -1,5 +1,5 @@
 //! `vblkd bench`: measure a vhost-user-blk daemon — vblkd or any other — against the same
-//! work done natively, as ratios in one run.
+//! work done directly on the disk, as ratios in one run.
 //!
 //! A run drives a fixed queue depth of requests per queue, one thread per queue, through a
 //! [`LoadQueue`]: either a vhost-user client (the `blkio` crate's driver, so any daemon can be
@@ -12,11 +12,12 @@
 
 mod chart;
 mod client;
+mod direct;
 mod histogram;
 pub mod matrix;
-mod native;
 mod procstat;
 mod report;
+mod results;
 
 use std::io;
 use std::path::PathBuf;
@@ -74,7 +75,7 @@ impl Workload {
         let mut label = format!(
             "{} bs={} qd={} queues={}",
             self.rw.name(),
-            size_label(self.bs as u64),
+            vblkd::size::label(self.bs as u64),
             self.iodepth,
             self.queues
         );
@@ -85,21 +86,14 @@ impl Workload {
     }
 }
 
-pub fn size_label(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}k", b >> 10),
-        b => b.to_string(),
-    }
-}
-
 /// Where the I/O goes.
 #[derive(Debug, Clone)]
-pub enum Target {
+pub enum Endpoint {
     /// A vhost-user-blk socket.
     Socket(PathBuf),
-    /// A file or block device, through io_uring with O_DIRECT.
-    Native(PathBuf),
+    /// A file or block device, driven directly with io_uring and O_DIRECT: the reference no
+    /// daemon can beat.
+    Direct(PathBuf),
 }
 
 /// What a run measured. Latencies are in microseconds.
@@ -118,9 +112,10 @@ pub struct RunResult {
     /// Daemon CPU time per I/O, when its PID was given.
     pub daemon_cpu_us_per_io: Option<f64>,
     pub daemon_ctx_switches_per_io: Option<f64>,
-    /// CPU time per I/O of the process behind the daemon (e.g. an AoE target), when given.
-    #[serde(default)]
-    pub target_cpu_us_per_io: Option<f64>,
+    /// CPU time per I/O of the process behind the daemon (e.g. vblade behind an AoE disk),
+    /// when given.
+    #[serde(default, alias = "target_cpu_us_per_io")]
+    pub backend_cpu_us_per_io: Option<f64>,
     /// Growth of Cached + Buffers over the measured window.
     pub page_cache_growth_mib: f64,
     /// Completions the load threads collected per wait, over the whole run: near the queue
@@ -154,7 +149,7 @@ pub(crate) trait LoadQueue: Send {
     fn complete(&mut self, out: &mut Vec<(usize, bool)>) -> Result<(), BenchError>;
 }
 
-/// A target ready to run: one load queue per thread, the disk's size, the I/O buffers.
+/// An endpoint ready to run: one load queue per thread, the disk's size, the I/O buffers.
 pub(crate) struct Prepared {
     queues: Vec<Box<dyn LoadQueue>>,
     capacity: u64,
@@ -300,14 +295,14 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
 pub struct Watched {
     /// The daemon serving the socket.
     pub daemon: Option<u32>,
-    /// What the daemon talks to, e.g. an AoE target such as vblade.
-    pub target: Option<u32>,
+    /// What the daemon talks to, e.g. vblade behind an AoE disk.
+    pub backend: Option<u32>,
 }
 
-/// Runs `w` against `target`, measuring the CPU cost of the `watched` processes; with `cpus`,
+/// Runs `w` against `endpoint`, measuring the CPU cost of the `watched` processes; with `cpus`,
 /// the load threads are pinned there.
 pub fn run(
-    target: &Target,
+    endpoint: &Endpoint,
     w: &Workload,
     watched: Watched,
     cpus: &[usize],
@@ -316,13 +311,13 @@ pub fn run(
         queues,
         capacity,
         buffers,
-    } = match target {
-        Target::Socket(path) => client::connect(path, w)?,
-        Target::Native(path) => native::open(path, w)?,
+    } = match endpoint {
+        Endpoint::Socket(path) => client::connect(path, w)?,
+        Endpoint::Direct(path) => direct::open(path, w)?,
     };
     if capacity < w.bs as u64 {
-        let path = match target {
-            Target::Socket(p) | Target::Native(p) => p.clone(),
+        let path = match endpoint {
+            Endpoint::Socket(p) | Endpoint::Direct(p) => p.clone(),
         };
         return Err(BenchError::TooSmall(path));
     }
@@ -357,11 +352,11 @@ pub fn run(
         |pid: u32| ProcessSample::read(pid).map_err(|source| BenchError::Proc { pid, source });
     sleep_until(timing.measure_start);
     let before = watched.daemon.map(sample).transpose()?;
-    let target_before = watched.target.map(sample).transpose()?;
+    let backend_before = watched.backend.map(sample).transpose()?;
     let cache_before = page_cache_bytes().unwrap_or(0);
     sleep_until(timing.measure_end);
     let after = watched.daemon.map(sample).transpose()?;
-    let target_after = watched.target.map(sample).transpose()?;
+    let backend_after = watched.backend.map(sample).transpose()?;
     let cache_after = page_cache_bytes().unwrap_or(0);
 
     let mut total = ThreadStats::default();
@@ -379,7 +374,7 @@ pub fn run(
     drop(buffers);
 
     let cost = before.zip(after).map(|(b, a)| a.since(&b));
-    let target_cost = target_before.zip(target_after).map(|(b, a)| a.since(&b));
+    let backend_cost = backend_before.zip(backend_after).map(|(b, a)| a.since(&b));
     let per_io = |v: u64| {
         if total.ios == 0 {
             0.0
@@ -401,7 +396,7 @@ pub fn run(
         lat_max_us: us(total.latency.max()),
         daemon_cpu_us_per_io: cost.map(|c| per_io(c.cpu_ns) / 1000.0),
         daemon_ctx_switches_per_io: cost.map(|c| per_io(c.context_switches)),
-        target_cpu_us_per_io: target_cost.map(|c| per_io(c.cpu_ns) / 1000.0),
+        backend_cpu_us_per_io: backend_cost.map(|c| per_io(c.cpu_ns) / 1000.0),
         page_cache_growth_mib: (cache_after as f64 - cache_before as f64) / (1 << 20) as f64,
         completions_per_wait: total.completions as f64 / total.waits.max(1) as f64,
     })
@@ -460,8 +455,8 @@ pub fn format_result(r: &RunResult) -> String {
     if let (Some(cpu), Some(ctx)) = (r.daemon_cpu_us_per_io, r.daemon_ctx_switches_per_io) {
         s += &format!("  daemon: {cpu:.2} µs CPU per I/O, {ctx:.2} context switches per I/O\n");
     }
-    if let Some(cpu) = r.target_cpu_us_per_io {
-        s += &format!("  target: {cpu:.2} µs CPU per I/O\n");
+    if let Some(cpu) = r.backend_cpu_us_per_io {
+        s += &format!("  backend: {cpu:.2} µs CPU per I/O\n");
     }
     s += &format!(
         "  client: {:.1} completions per wait\n  page cache growth: {:.1} MiB\n",

@@ -1,12 +1,13 @@
 //! The matrix report: report.md (targets, then one table per workload with each row's ratio
-//! to the native reference and to qemu-storage-daemon in the same mode) and its SVG charts.
+//! to the direct reference and to qemu-storage-daemon in the same mode) and its SVG charts.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::chart;
-use super::matrix::{Config, Peer, Row};
-use super::{size_label, RunResult, Rw, Workload};
+use super::results::{same_shape, workload, Peer, Results, Row};
+use super::{RunResult, Rw, Workload};
+use vblkd::size;
 
 /// How the matrix was run, for the report's header.
 #[derive(Debug, Clone)]
@@ -21,57 +22,9 @@ pub struct Context {
     pub poll_us: u32,
 }
 
-/// Looks results up by configuration and workload.
-pub struct Results<'a> {
-    rows: &'a [Row],
-}
-
-impl<'a> Results<'a> {
-    pub fn new(rows: &'a [Row]) -> Self {
-        Results { rows }
-    }
-
-    pub fn get(&self, peer: Peer, mode: &str, w: &Workload) -> Option<&'a RunResult> {
-        self.rows
-            .iter()
-            .find(|r| {
-                r.config.peer == peer && r.config.mode() == mode && same_shape(&r.workload, w)
-            })
-            .and_then(|r| r.result.as_ref().ok())
-    }
-
-    fn native(&self, w: &Workload) -> Option<&'a RunResult> {
-        self.get(Peer::Native, "io_uring/none", w)
-    }
-
-    /// The qemu-storage-daemon row a vblkd row is compared with.
-    fn qsd_peer(&self, config: &Config, w: &Workload) -> Option<&'a RunResult> {
-        (config.peer == Peer::Vblkd)
-            .then(|| self.get(Peer::Qsd, &config.base_mode(), w))
-            .flatten()
-    }
-}
-
-/// Workloads match on what they do, not on how long they ran.
-fn same_shape(a: &Workload, b: &Workload) -> bool {
-    (a.rw, a.bs, a.iodepth, a.queues) == (b.rw, b.bs, b.iodepth, b.queues)
-}
-
-pub fn workload(rw: Rw, bs: usize, iodepth: usize, queues: usize) -> Workload {
-    Workload {
-        rw,
-        bs,
-        iodepth,
-        queues,
-        seconds: 0.0,
-        ramp: 0.0,
-        rate: None,
-    }
-}
-
 /// One speed target and how this run measured against it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TargetCheck {
+pub struct Goal {
     pub target: String,
     pub measured: String,
     /// None when the rows it needs are missing or failed.
@@ -83,8 +36,8 @@ fn check(
     value: Option<f64>,
     fmt: impl Fn(f64) -> String,
     ok: impl Fn(f64) -> bool,
-) -> TargetCheck {
-    TargetCheck {
+) -> Goal {
+    Goal {
         target,
         measured: value.map(&fmt).unwrap_or_else(|| "not measured".into()),
         met: value.map(ok),
@@ -93,7 +46,7 @@ fn check(
 
 /// The speed targets (issue 10), evaluated on `rows`: for vblkd as it runs by default, and
 /// the latency target again for a polling vblkd where the matrix has one.
-pub fn targets(rows: &[Row]) -> Vec<TargetCheck> {
+pub fn goals(rows: &[Row]) -> Vec<Goal> {
     let r = Results::new(rows);
     let ratio = |a: Option<&RunResult>, b: Option<&RunResult>, f: fn(&RunResult) -> Option<f64>| {
         a.zip(b).and_then(|(a, b)| Some(f(a)? / f(b)?))
@@ -117,8 +70,8 @@ pub fn targets(rows: &[Row]) -> Vec<TargetCheck> {
                 |x| x >= 1.0,
             ));
             out.push(check(
-                format!("aio={aio} 4k {} QD32: IOPS ≥ 0.95× native", rw.name()),
-                ratio(v, r.native(&w), iops),
+                format!("aio={aio} 4k {} QD32: IOPS ≥ 0.95× direct", rw.name()),
+                ratio(v, r.direct(&w), iops),
                 times,
                 |x| x >= 0.95,
             ));
@@ -165,9 +118,9 @@ pub fn targets(rows: &[Row]) -> Vec<TargetCheck> {
         ));
         if rows.iter().any(|r| r.config.poll_us > 0) {
             out.push(check(
-                format!("aio={aio} with --poll-us: QD1 mean latency ≤ native + 10 µs"),
-                extra("+poll", r.native(&qd1)),
-                |x| format!("native {x:+.1} µs"),
+                format!("aio={aio} with --poll-us: QD1 mean latency ≤ direct + 10 µs"),
+                extra("+poll", r.direct(&qd1)),
+                |x| format!("direct {x:+.1} µs"),
                 |x| x <= 10.0,
             ));
         }
@@ -218,7 +171,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
         utc_now(),
         kernel.trim(),
         ctx.disk.display(),
-        size_label(ctx.disk_bytes)
+        size::label(ctx.disk_bytes)
     );
     let _ = writeln!(
         md,
@@ -247,7 +200,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
     let _ = writeln!(
         md,
         "\nAbsolute numbers on shared virtual machines are noisy; the ratios between rows of this \
-         one run are what count. \"× native\" compares with io_uring + O_DIRECT straight on the \
+         one run are what count. \"× direct\" compares with io_uring + O_DIRECT straight on the \
          file; \"× QSD\" with qemu-storage-daemon in the same aio and cache mode. CPU and context \
          switches are the daemon's (all threads), per I/O; compl/wait is how many completions the \
          client collected per wait (near the queue depth: lock-step, see docs/benchmarks.md); \
@@ -258,7 +211,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
         md,
         "## Speed targets\n\n| target | measured | met |\n|---|---|---|"
     );
-    for t in targets(rows) {
+    for t in goals(rows) {
         let met = match t.met {
             Some(true) => "yes",
             Some(false) => "**no**",
@@ -283,7 +236,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
     for w in workloads {
         let _ = writeln!(
             md,
-            "\n## {}\n\n| daemon | mode | IOPS | MiB/s | mean µs | p50 µs | p99 µs | p99.9 µs | CPU µs/IO | ctx sw/IO | compl/wait | page cache Δ MiB | × native | × QSD |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "\n## {}\n\n| daemon | mode | IOPS | MiB/s | mean µs | p50 µs | p99 µs | p99.9 µs | CPU µs/IO | ctx sw/IO | compl/wait | page cache Δ MiB | × direct | × QSD |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             w.label()
         );
         for row in rows.iter().filter(|row| same_shape(&row.workload, w)) {
@@ -299,7 +252,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
                     );
                 }
                 Ok(res) => {
-                    let vs_native = r.native(w).map(|n| res.iops / n.iops);
+                    let vs_direct = r.direct(w).map(|n| res.iops / n.iops);
                     let vs_qsd = r.qsd_peer(c, w).map(|q| res.iops / q.iops);
                     let _ = writeln!(
                         md,
@@ -316,7 +269,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
                         opt(res.daemon_ctx_switches_per_io, 2),
                         res.completions_per_wait,
                         res.page_cache_growth_mib,
-                        opt(vs_native, 2),
+                        opt(vs_direct, 2),
                         opt(vs_qsd, 2),
                     );
                 }
@@ -361,6 +314,7 @@ fn utc_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::Config;
 
     fn result(w: &Workload, iops: f64, cpu: Option<f64>, lat: f64) -> RunResult {
         RunResult {
@@ -376,7 +330,7 @@ mod tests {
             lat_max_us: lat * 4.0,
             daemon_cpu_us_per_io: cpu,
             daemon_ctx_switches_per_io: cpu.map(|_| 0.1),
-            target_cpu_us_per_io: None,
+            backend_cpu_us_per_io: None,
             page_cache_growth_mib: 0.0,
             completions_per_wait: 1.0,
         }
@@ -400,13 +354,13 @@ mod tests {
         let qd1 = workload(Rw::Randread, 4096, 1, 1);
         vec![
             row(
-                Peer::Native,
+                Peer::Direct,
                 Some("io_uring"),
                 qd32.clone(),
                 Ok(result(&qd32, 50_000.0, None, 600.0)),
             ),
             row(
-                Peer::Native,
+                Peer::Direct,
                 Some("io_uring"),
                 qd1.clone(),
                 Ok(result(&qd1, 8_000.0, None, 120.0)),
@@ -446,14 +400,14 @@ mod tests {
 
     #[test]
     fn targets_are_evaluated_from_the_rows() {
-        let t = targets(&sample_rows());
+        let t = goals(&sample_rows());
         let find = |prefix: &str| {
             t.iter()
                 .find(|t| t.target.starts_with(prefix))
                 .unwrap()
                 .clone()
         };
-        let uring = find("aio=io_uring 4k randread QD32: IOPS ≥ 0.95× native");
+        let uring = find("aio=io_uring 4k randread QD32: IOPS ≥ 0.95× direct");
         assert_eq!((uring.measured.as_str(), uring.met), ("0.96×", Some(true)));
         let vs_qsd = find("aio=io_uring 4k randread QD32: IOPS ≥ 1× qemu");
         assert_eq!(
@@ -468,7 +422,7 @@ mod tests {
             ("QSD +15.0 µs", Some(false))
         );
         // A failed row is "not measured", never a pass.
-        let native = find("aio=native 4k randread QD32: IOPS ≥ 0.95× native");
+        let native = find("aio=native 4k randread QD32: IOPS ≥ 0.95× direct");
         assert_eq!(
             (native.measured.as_str(), native.met),
             ("not measured", None)
@@ -493,7 +447,7 @@ mod tests {
             md.contains("| vblkd | io_uring/none | 48000 | 187.5 | 640.0 |"),
             "{md}"
         );
-        // vblkd io_uring vs native 0.96, vs QSD 1.20
+        // vblkd io_uring vs direct 0.96, vs QSD 1.20
         assert!(md.contains("| 0.96 | 1.20 |"), "{md}");
         assert!(md.contains("| vblkd | native/none | **FAILED**: daemon exited |"));
         assert!(md.contains("![IOPS](iops.svg)"));

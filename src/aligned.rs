@@ -1,22 +1,26 @@
-//! Page-aligned buffers for guest data that cannot go to the disk as it is.
+//! Page-aligned buffers, for I/O that O_DIRECT must be able to do.
 //!
 //! O_DIRECT needs buffer addresses and lengths aligned to the device; a guest may hand us
-//! anything. Rather than fail such a request, its data is staged through one of these.
+//! anything. Rather than fail such a request, the worker stages its data through one of these
+//! (a bounce buffer). The engines' own scratch I/O and the benchmark's direct reference use
+//! them too: this is the one place the daemon allocates aligned memory.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
 
 const ALIGN: usize = 4096;
 
-pub struct BounceBuffer {
+pub struct AlignedBuffer {
     iov: libc::iovec,
     layout: Layout,
 }
 
 // SAFETY: the buffer is uniquely owned heap memory.
-unsafe impl Send for BounceBuffer {}
+unsafe impl Send for AlignedBuffer {}
+// SAFETY: a shared reference only reads the buffer (writing needs `&mut self`).
+unsafe impl Sync for AlignedBuffer {}
 
-impl BounceBuffer {
+impl AlignedBuffer {
     /// A zeroed buffer of `len` bytes (rounded up to the alignment) whose iovec covers `len`.
     pub fn new(len: usize) -> io::Result<Self> {
         let size = len.max(1).div_ceil(ALIGN) * ALIGN;
@@ -27,7 +31,7 @@ impl BounceBuffer {
         if ptr.is_null() {
             return Err(io::ErrorKind::OutOfMemory.into());
         }
-        Ok(BounceBuffer {
+        Ok(AlignedBuffer {
             iov: libc::iovec {
                 iov_base: ptr.cast(),
                 iov_len: len,
@@ -52,7 +56,7 @@ impl BounceBuffer {
     }
 }
 
-impl Drop for BounceBuffer {
+impl Drop for AlignedBuffer {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout, freed once.
         unsafe { dealloc(self.iov.iov_base.cast(), self.layout) };
