@@ -25,9 +25,7 @@ use vhost::vhost_user::message::{
     VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
-use vm_memory::{
-    ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
-};
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -207,7 +205,7 @@ impl VhostUserBackend for BlockDevice {
         // The workers hold the same GuestMemoryAtomic the library just updated. The frontend
         // keeps the files behind it and could shrink them: guard every region against that.
         for region in mem.memory().iter() {
-            sigbus::guard(region.as_ptr(), region.len() as usize);
+            sigbus::guard(region.as_ptr(), region.size());
         }
         Ok(())
     }

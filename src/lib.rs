@@ -17,6 +17,8 @@ mod iov;
 mod ratelimit;
 pub mod sigbus;
 pub mod size;
+#[cfg(test)]
+mod testing;
 mod worker;
 
 /// Guest memory as the vhost-user library maps it (no dirty-page bitmap).

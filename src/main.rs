@@ -90,8 +90,8 @@ struct ServeArgs {
 }
 
 fn parse_queue_size(s: &str) -> Result<u16, String> {
-    match s.parse::<u32>() {
-        Ok(n) if n.is_power_of_two() && (2..=32768).contains(&n) => Ok(n as u16),
+    match s.parse::<u16>() {
+        Ok(n) if n.is_power_of_two() && n >= 2 => Ok(n),
         _ => Err(format!("'{s}' is not a power of two between 2 and 32768")),
     }
 }

@@ -19,7 +19,7 @@ use aoe::socket::RawSocket;
 use blkio::ReqFlags;
 use common::frontend::{Guest, Setup};
 use common::workload::{random_io, BUFFER_BYTES};
-use common::{first_difference, Client, Daemon, Rng};
+use common::{first_difference, pattern_byte, Client, Daemon, Rng};
 
 const DISK_BYTES: usize = 64 << 20;
 const SHELF: &str = "3";
@@ -116,7 +116,7 @@ impl Rig {
                 rig.relay = Some(Relay::start(relay.clone()));
             }
         }
-        let data: Vec<u8> = (0..DISK_BYTES).map(|i| (i * 7 % 253) as u8).collect();
+        let data: Vec<u8> = (0..DISK_BYTES).map(|i| pattern_byte(i, 7)).collect();
         std::fs::write(&rig.file, data).unwrap();
         rig.start_vblade();
         rig
@@ -385,7 +385,7 @@ fn aoe_requests_fail_after_the_deadline_and_resume_when_the_target_returns() {
     // Target back: the same client reads correct data again.
     rig.start_vblade();
     assert_eq!(client.read_sync(0, 4096, 4096), 0);
-    let expected: Vec<u8> = (4096..8192).map(|i: usize| (i * 7 % 253) as u8).collect();
+    let expected: Vec<u8> = (4096..8192).map(|i| pattern_byte(i, 7)).collect();
     assert_eq!(&client.buffers()[..4096], &expected[..]);
     drop(client);
     assert!(daemon.stop().success());
@@ -397,9 +397,7 @@ fn aoe_recovers_when_the_target_restarts_during_io() {
     let mut rig = Rig::new(dir.path(), 1500);
     let daemon = rig.daemon(dir.path(), &[]);
     let mut client = Client::connect(&daemon.socket, 1, false, 4 << 20).unwrap();
-    let data: Vec<u8> = (0..1 << 20)
-        .map(|i: usize| (i % 241) as u8 ^ 0x5a)
-        .collect();
+    let data: Vec<u8> = (0..1 << 20).map(|i| pattern_byte(i, 1) ^ 0x5a).collect();
     client.buffers()[..data.len()].copy_from_slice(&data);
     // A 1 MiB write in flight while vblade goes away for a while and comes back.
     rig.kill_vblade();
@@ -447,7 +445,11 @@ fn aoe_requests_in_flight_at_a_crash_are_resubmitted() {
         base: 0,
     };
     let mut guest = Guest::attach_with(&daemon.socket, setup(None, None));
-    let block = |slot: u16| -> Vec<u8> { (0..4096u32).map(|i| (i as u16 ^ slot) as u8).collect() };
+    let block = |slot: u16| -> Vec<u8> {
+        (0..4096)
+            .map(|i| pattern_byte(i + usize::from(slot) * 31, 1))
+            .collect()
+    };
     rig.kill_vblade();
     let heads: Vec<u16> = (0..WRITES)
         .map(|slot| guest.place_request(slot, 64 + u64::from(slot) * 8, Some(&block(slot))))

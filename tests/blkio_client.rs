@@ -8,7 +8,7 @@ use std::path::Path;
 
 use blkio::ReqFlags;
 use common::workload::{random_io, BUFFER_BYTES};
-use common::{first_difference, Client, Daemon, Rng};
+use common::{first_difference, usize_of, Client, Daemon, Rng};
 
 const DISK_BYTES: u64 = 64 << 20;
 const QUEUES: usize = 2;
@@ -45,10 +45,11 @@ fn zeroing_requests(client: &mut Client, model: &mut [u8]) {
         });
         assert_eq!(ret, 0, "{what}");
         // This daemon punches a hole for discard, so the range reads back as zeroes.
-        model[offset as usize..(offset + len) as usize].fill(0);
-        assert_eq!(client.read_sync(0, offset, len as usize), 0);
+        let len = usize_of(len);
+        model[usize_of(offset)..usize_of(offset) + len].fill(0);
+        assert_eq!(client.read_sync(0, offset, len), 0);
         assert!(
-            client.buffers()[..len as usize].iter().all(|&b| b == 0),
+            client.buffers()[..len].iter().all(|&b| b == 0),
             "{what} left data behind"
         );
     }
@@ -110,10 +111,15 @@ fn io_suite_run(aio: &str, cache: &str, extra: &[&str], expect_log: Option<&str>
     args.extend_from_slice(extra);
     let daemon = Daemon::start(dir.path(), &args);
     let mut rng = Rng::new(0x5eed ^ aio.len() as u64 ^ ((cache.len() as u64) << 8));
-    let mut model = vec![0u8; DISK_BYTES as usize];
+    let mut model = vec![0u8; usize_of(DISK_BYTES)];
     {
-        let mut client =
-            Client::connect(&daemon.socket, QUEUES as i32, false, BUFFER_BYTES).unwrap();
+        let mut client = Client::connect(
+            &daemon.socket,
+            i32::try_from(QUEUES).unwrap(),
+            false,
+            BUFFER_BYTES,
+        )
+        .unwrap();
         assert_eq!(client.capacity(), DISK_BYTES);
         random_io(&mut client, &mut model, &mut rng, QUEUES);
         if let Some(needle) = expect_log {

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use common::blockdev::Loop;
 use common::workload::{random_io, BUFFER_BYTES};
-use common::{first_difference, run_vblkd, Client, Daemon, Rng};
+use common::{first_difference, pattern_byte, run_vblkd, Client, Daemon, Rng};
 
 const DISK_BYTES: usize = 32 << 20;
 
 fn backing_file(dir: &Path) -> PathBuf {
     let file = dir.join("backing.img");
-    let data: Vec<u8> = (0..DISK_BYTES).map(|i| (i * 13 % 251) as u8).collect();
+    let data: Vec<u8> = (0..DISK_BYTES).map(|i| pattern_byte(i, 13)).collect();
     std::fs::write(&file, data).unwrap();
     file
 }
@@ -83,7 +83,7 @@ fn four_kib_sector_device_needs_a_matching_block_size() {
     let mut client = Client::connect(&daemon.socket, 1, false, 1 << 20).unwrap();
     assert_eq!(client.blkio.get_i32("request-alignment").unwrap(), 4096);
     assert_eq!(client.read_sync(0, 4096, 8192), 0);
-    let expected: Vec<u8> = (4096..12288).map(|i: usize| (i * 13 % 251) as u8).collect();
+    let expected: Vec<u8> = (4096..12288).map(|i| pattern_byte(i, 13)).collect();
     assert_eq!(&client.buffers()[..8192], &expected[..]);
     drop(client);
     assert!(daemon.stop().success());

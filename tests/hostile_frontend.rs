@@ -17,14 +17,13 @@ use common::frontend::{
     chain, code, disk_with_pattern, memfd, vring_state, Guest, RawFrontend, Setup, ANSWER_LIMIT,
     DATA, DISK_BYTES, MEM_SIZE, SLOT_DATA_LEN, STATUS, W,
 };
-use common::{eventually, Daemon};
+use common::{eventually, pattern_byte, usize_of, Daemon};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
-use virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK;
 use vmm_sys_util::eventfd::EventFd;
 
-const OK: u8 = VIRTIO_BLK_S_OK as u8;
+const OK: u8 = vblkd::blk::layout::status::OK;
 
 /// After whatever the test did: a fresh, well-behaved frontend is served correctly.
 fn still_serves(daemon: &mut Daemon, data: &[u8]) {
@@ -132,8 +131,8 @@ fn slow_setup(dir: &Path, aio: &str, iops: u32) -> (SlowDisk, Daemon) {
 const IN_FLIGHT: u16 = 32;
 
 fn block(slot: u16) -> Vec<u8> {
-    (0..SLOT_DATA_LEN)
-        .map(|i| (i as u16 ^ (slot * 31)) as u8)
+    (0..usize::try_from(SLOT_DATA_LEN).unwrap())
+        .map(|i| pattern_byte(i + usize::from(slot) * 31, 1))
         .collect()
 }
 
@@ -278,7 +277,7 @@ fn get_vring_base_right_after_a_kick_polling() {
 fn memory_table_sent_again_while_reads_are_in_flight(aio: &str) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (disk, daemon) = slow_setup(dir.path(), aio, 25);
-    let mut content = vec![0u8; DISK_BYTES as usize];
+    let mut content = vec![0u8; usize_of(DISK_BYTES)];
     for slot in 0..IN_FLIGHT {
         let at = usize::from(slot) * 4096;
         content[at..at + 4096].copy_from_slice(&block(slot));

@@ -9,15 +9,15 @@ mod common;
 use std::os::fd::AsRawFd;
 
 use common::frontend::{
-    chain, disk_with_pattern, memfd, Guest, DATA, DISK_BYTES, HDR, MEM_SIZE, NEXT, STATUS,
-    UNTOUCHED, W,
+    chain, disk_with_pattern, memfd, Guest, DATA, DISK_BYTES, HDR, INDIRECT, MEM_SIZE, NEXT,
+    STATUS, UNTOUCHED, W,
 };
 use common::Daemon;
+use vblkd::blk::layout::status;
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostUserMemoryRegionInfo;
 use virtio_bindings::virtio_blk::*;
-use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -27,10 +27,10 @@ fn malformed_chains_get_errors_and_the_daemon_keeps_serving() {
     let (disk, data) = disk_with_pattern(dir.path());
     let mut daemon = Daemon::start(dir.path(), &["--disk", disk.to_str().unwrap()]);
     let mut guest = Guest::attach(&daemon.socket);
-    let ioerr = VIRTIO_BLK_S_IOERR as u8;
+    let ioerr = status::IOERR;
 
     let (status, got) = guest.read(8, 4096);
-    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(status, status::OK);
     assert_eq!(got, data[4096..8192]);
 
     // Past the end of the disk.
@@ -80,10 +80,7 @@ fn malformed_chains_get_errors_and_the_daemon_keeps_serving() {
     // Unknown request type.
     guest.header(0x77, 0);
     let used = guest.submit(&chain(&[(HDR, 16, 0), (STATUS, 1, W)]), &[0], 1);
-    assert_eq!(
-        (used, guest.status()),
-        (vec![(0, 1)], VIRTIO_BLK_S_UNSUPP as u8)
-    );
+    assert_eq!((used, guest.status()), (vec![(0, 1)], status::UNSUPP));
 
     // No writable status byte: returned unanswered, status untouched.
     guest.header(VIRTIO_BLK_T_IN, 0);
@@ -116,10 +113,7 @@ fn malformed_chains_get_errors_and_the_daemon_keeps_serving() {
         )
         .unwrap();
     let indirect = [RawDescriptor::from(Descriptor::new(
-        table.0,
-        32,
-        VRING_DESC_F_INDIRECT as u16,
-        0,
+        table.0, 32, INDIRECT, 0,
     ))];
     let used = guest.submit(&indirect, &[0], 1);
     assert_eq!((used, guest.status()), (vec![(0, 0)], UNTOUCHED));
@@ -131,10 +125,7 @@ fn malformed_chains_get_errors_and_the_daemon_keeps_serving() {
         &[200, 0],
         1,
     );
-    assert_eq!(
-        (used, guest.status()),
-        (vec![(0, 513)], VIRTIO_BLK_S_OK as u8)
-    );
+    assert_eq!((used, guest.status()), (vec![(0, 513)], status::OK));
 
     // GET_ID: the serial (the file name by default), NUL-padded to the 20 bytes asked for.
     guest.header(VIRTIO_BLK_T_GET_ID, 0);
@@ -143,17 +134,14 @@ fn malformed_chains_get_errors_and_the_daemon_keeps_serving() {
         &[0],
         1,
     );
-    assert_eq!(
-        (used, guest.status()),
-        (vec![(0, 21)], VIRTIO_BLK_S_OK as u8)
-    );
+    assert_eq!((used, guest.status()), (vec![(0, 21)], status::OK));
     let mut id = [0xffu8; 20];
     guest.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
     assert_eq!(&id, b"disk.img\0\0\0\0\0\0\0\0\0\0\0\0");
 
     // Still alive, still correct.
     let (status, got) = guest.read(0, 8192);
-    assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(status, status::OK);
     assert_eq!(got, data[..8192]);
     assert!(daemon.is_running());
     drop(guest);
@@ -169,7 +157,7 @@ fn read_only_disk_rejects_writes_from_the_guest() {
         &["--disk", disk.to_str().unwrap(), "--read-only"],
     );
     let mut guest = Guest::attach(&daemon.socket);
-    let ioerr = VIRTIO_BLK_S_IOERR as u8;
+    let ioerr = status::IOERR;
 
     guest
         .mem
@@ -198,7 +186,7 @@ fn read_only_disk_rejects_writes_from_the_guest() {
     assert_eq!((used, guest.status()), (vec![(0, 1)], ioerr));
 
     let (status, got) = guest.read(0, 4096);
-    assert_eq!((status, &got[..]), (VIRTIO_BLK_S_OK as u8, &data[..4096]));
+    assert_eq!((status, &got[..]), (status::OK, &data[..4096]));
     drop(guest);
     assert!(daemon.stop().success());
     assert_eq!(
@@ -267,7 +255,7 @@ fn memory_added_while_polling_is_used() {
     );
     let mut guest = Guest::attach(&daemon.socket);
     // Get the queue thread polling (it keeps polling for 1 s after this).
-    assert_eq!(guest.read(0, 512).0, VIRTIO_BLK_S_OK as u8);
+    assert_eq!(guest.read(0, 512).0, status::OK);
 
     const EXTRA_GPA: u64 = 0x1000_0000;
     let file = memfd(1 << 20);
@@ -294,10 +282,7 @@ fn memory_added_while_polling_is_used() {
         &[0],
         1,
     );
-    assert_eq!(
-        (used, guest.status()),
-        (vec![(0, 4097)], VIRTIO_BLK_S_OK as u8)
-    );
+    assert_eq!((used, guest.status()), (vec![(0, 4097)], status::OK));
     let mut got = vec![0u8; 4096];
     extra.read_slice(&mut got, GuestAddress(EXTRA_GPA)).unwrap();
     assert_eq!(got, data[1024..1024 + 4096]);

@@ -289,7 +289,10 @@ fn block_device_size(file: &File, path: &Path) -> Result<u64, DiskError> {
 
 fn block_device_sector_size(file: &File, path: &Path) -> Result<u32, DiskError> {
     ioctl_read::<libc::c_int>(file, libc::BLKSSZGET as libc::c_ulong)
-        .map(|size| size as u32)
+        .and_then(|size| {
+            u32::try_from(size)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative sector size"))
+        })
         .map_err(|source| DiskError::Inspect {
             path: path.to_path_buf(),
             source,

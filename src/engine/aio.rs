@@ -142,14 +142,16 @@ impl AioEngine {
         if !self.user_ring {
             return false;
         }
+        let base = self.ctx as *const AioRing;
         // SAFETY: checked in `with_user_ring` that the mapping has the expected layout; it
         // stays mapped until io_destroy in Drop.
-        let ring = unsafe { &*(self.ctx as *const AioRing) };
+        let ring = unsafe { &*base };
         let nr = ring.nr;
         let mut head = ring.head.load(Ordering::Relaxed);
         // Pairs with the kernel's barrier before it publishes a new tail.
         let tail = ring.tail.load(Ordering::Acquire);
-        let events = (self.ctx as usize + std::mem::size_of::<AioRing>()) as *const IoEvent;
+        // Pointer arithmetic only: the events follow the header in the same mapping.
+        let events = base.wrapping_add(1).cast::<IoEvent>();
         while head != tail {
             // SAFETY: `head < nr`, and events[0..nr] follow the header in the mapping.
             let ev = unsafe { std::ptr::read_volatile(events.add(head as usize)) };
@@ -191,7 +193,7 @@ impl AioEngine {
         Iocb {
             aio_buf: buf,
             aio_nbytes: nbytes,
-            aio_offset: offset as i64,
+            aio_offset: super::file_offset(offset),
             ..self.iocb(token, opcode)
         }
     }
@@ -200,9 +202,11 @@ impl AioEngine {
         Iocb {
             aio_data: token,
             aio_lio_opcode: opcode,
-            aio_fildes: self.fd as u32,
+            // Descriptors are never negative; were one, the kernel would refuse this iocb
+            // (EBADF), failing only its request.
+            aio_fildes: u32::try_from(self.fd).unwrap_or(u32::MAX),
             aio_flags: IOCB_FLAG_RESFD,
-            aio_resfd: self.eventfd.as_raw_fd() as u32,
+            aio_resfd: u32::try_from(self.eventfd.as_raw_fd()).unwrap_or(u32::MAX),
             ..Iocb::default()
         }
     }
@@ -272,23 +276,24 @@ impl Engine for AioEngine {
                 libc::syscall(
                     libc::SYS_io_submit,
                     self.ctx,
-                    self.batch_ptrs.len() as libc::c_long,
+                    // Fewer if it did not fit (it does: at most the capacity); the loop
+                    // submits the rest.
+                    libc::c_long::try_from(self.batch_ptrs.len()).unwrap_or(libc::c_long::MAX),
                     self.batch_ptrs.as_mut_ptr(),
                 )
             };
-            if ret < 0 {
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EINTR) => continue,
+            match usize::try_from(ret) {
+                Ok(submitted) => start += submitted,
+                Err(_) => {
+                    let err = io::Error::last_os_error();
+                    if err.raw_os_error() == Some(libc::EINTR) {
+                        continue;
+                    }
                     // The context is sized to our capacity, so EAGAIN means the kernel is
                     // short of resources; fail the first iocb rather than spin.
-                    _ => {
-                        self.reject(start, err);
-                        start += 1;
-                    }
+                    self.reject(start, err);
+                    start += 1;
                 }
-            } else {
-                start += ret as usize;
             }
         }
         self.batch.clear();
@@ -321,19 +326,18 @@ impl Engine for AioEngine {
                     libc::SYS_io_getevents,
                     self.ctx,
                     0 as libc::c_long,
-                    self.events.len() as libc::c_long,
+                    libc::c_long::try_from(self.events.len()).unwrap_or(libc::c_long::MAX),
                     self.events.as_mut_ptr(),
                     &mut timeout as *mut libc::timespec,
                 )
             };
-            if n < 0 {
+            let Ok(n) = usize::try_from(n) else {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(err);
-            }
-            let n = n as usize;
+            };
             out.extend(
                 self.events[..n]
                     .iter()

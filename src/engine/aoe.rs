@@ -186,7 +186,7 @@ impl Timer {
                 tv_nsec: 0,
             },
             it_value: libc::timespec {
-                tv_sec: value.as_secs() as libc::time_t,
+                tv_sec: libc::time_t::try_from(value.as_secs()).unwrap_or(libc::time_t::MAX),
                 tv_nsec: value.subsec_nanos() as libc::c_long,
             },
         };
@@ -601,7 +601,10 @@ impl Initiator {
                 req,
                 kind,
                 lba: first + start as u64,
-                sectors: per_frame.min(sectors - start) as u8,
+                sectors: u8::try_from(sectors - start)
+                    .map_or(self.target.sectors_per_frame, |rest| {
+                        rest.min(self.target.sectors_per_frame)
+                    }),
                 byte_off: start * SECTOR,
             });
         }
@@ -706,9 +709,9 @@ mod tests {
         }
     }
 
-    /// A disk whose every byte says where it is.
+    /// A disk whose every byte says where it is (the low byte of a sector-dependent offset).
     fn disk_byte(at: usize) -> u8 {
-        (at / 512 * 7 + at % 512) as u8
+        (at / 512 * 7 + at % 512).to_le_bytes()[0]
     }
 
     fn parse_request(head: &[u8; ATA_HEADER_LEN]) -> (Header, AtaArg) {
@@ -799,7 +802,7 @@ mod tests {
     #[test]
     fn a_write_carries_the_guest_data_in_its_frames() {
         let mut ini = initiator(2, 8, Duration::from_secs(60));
-        let data: Vec<u8> = (0..2048u32).map(|i| (i * 3) as u8).collect();
+        let data: Vec<u8> = (0..=255).cycle().step_by(3).take(2048).collect();
         let iov = libc::iovec {
             iov_base: data.as_ptr().cast_mut().cast(),
             iov_len: data.len(),

@@ -74,8 +74,7 @@ fn transfer(
     iovcnt: usize,
     dir: Direction,
 ) -> io::Result<usize> {
-    let pos =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let pos = super::file_offset(offset);
     let cnt = i32::try_from(iovcnt).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: the engine contract (Engine::push) guarantees `iov` points to `iovcnt` valid
     // iovecs whose buffers stay valid for the life of the operation.
@@ -94,11 +93,9 @@ fn transfer(
 }
 
 fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = (super::file_offset(offset), super::file_offset(len));
     // SAFETY: fallocate takes a plain fd and integers.
-    SyscallReturnCode(unsafe {
-        libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t)
-    })
-    .into_empty_result()
+    SyscallReturnCode(unsafe { libc::fallocate(fd, mode, offset, len) }).into_empty_result()
 }
 
 fn is_unsupported(e: &io::Error) -> bool {

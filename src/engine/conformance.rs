@@ -108,8 +108,8 @@ fn bytes(results: &[(u64, io::Result<usize>)]) -> Vec<usize> {
 
 fn pattern(len: usize, seed: u8) -> AlignedBuffer {
     let mut buf = AlignedBuffer::new(len).unwrap();
-    for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(31).wrapping_add(seed) | 1;
+    for (b, i) in buf.as_mut_slice().iter_mut().zip((0..=255u8).cycle()) {
+        *b = i.wrapping_mul(31).wrapping_add(seed) | 1;
     }
     buf
 }

@@ -38,6 +38,10 @@ pub use uring::{probe_io_uring, UringEngine};
 
 /// One operation on the disk. Offsets and lengths are in bytes.
 ///
+/// Offsets and lengths stay within the disk's capacity, which the worker checks every request
+/// against; a file's capacity fits `off_t`, so the engines' conversions to it cannot fail for
+/// an operation the worker built ([`file_offset`]).
+///
 /// `Read` and `Write` carry an iovec array describing the buffers; the caller of
 /// [`Engine::push`] guarantees that array and the memory it points to outlive the operation.
 #[derive(Debug, Clone, Copy)]
@@ -75,11 +79,10 @@ impl Completion {
     /// Builds a completion from a kernel-style result: bytes when non-negative, `-errno` when
     /// negative.
     pub fn from_raw(token: u64, res: i64) -> Self {
-        let result = if res < 0 {
-            Err(io::Error::from_raw_os_error((-res) as i32))
-        } else {
-            Ok(res as usize)
-        };
+        let result = usize::try_from(res).map_err(|_| {
+            let errno = res.checked_neg().and_then(|e| i32::try_from(e).ok());
+            io::Error::from_raw_os_error(errno.unwrap_or(libc::EIO))
+        });
         Completion { token, result }
     }
 }
@@ -142,6 +145,13 @@ pub fn wait_for_completions(engine: &dyn Engine, timeout_ms: i32) -> io::Result<
         }
     }
     Ok(())
+}
+
+/// `offset` as the file system calls take it. An offset beyond `off_t` is beyond every file, and
+/// becomes the largest `off_t`, which the kernel refuses or reads nothing at: the request fails
+/// (a transfer that moves nothing is an I/O error), nothing else does.
+fn file_offset(offset: u64) -> libc::off_t {
+    libc::off_t::try_from(offset).unwrap_or(libc::off_t::MAX)
 }
 
 /// Reads an eventfd to reset it; a counter of zero (`EAGAIN`) is not an error.

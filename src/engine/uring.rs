@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
-use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion};
+use vm_memory::GuestMemoryBackend as _;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{drain_eventfd, Completion, Engine, IoOp, ThreadPool};
@@ -146,7 +146,7 @@ impl UringEngine {
     fn register(&mut self, mem: &Arc<GuestMemory>) {
         let mut bufs = Vec::new();
         for region in mem.iter() {
-            let (base, len) = (region.as_ptr(), region.len() as usize);
+            let (base, len) = (region.as_ptr(), region.size());
             for start in (0..len).step_by(MAX_FIXED_BUFFER) {
                 bufs.push(libc::iovec {
                     // Pointer arithmetic only: `start` is inside the region.
@@ -236,6 +236,18 @@ impl UringEngine {
     }
 }
 
+/// An iovec list's count and first length as a ring entry holds them (32 bits each). Either can
+/// only shrink in the conversion (the worker's lists are at most IOV_MAX long, one descriptor's
+/// length fits 32 bits anyway), and less than asked is a short transfer, which the worker
+/// resubmits: never more memory than the iovecs describe.
+fn ring_lengths(iovs: &[libc::iovec]) -> (u32, u32) {
+    let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    (
+        clamp(iovs.len()),
+        iovs.first().map_or(0, |v| clamp(v.iov_len)),
+    )
+}
+
 impl Engine for UringEngine {
     fn completion_fd(&self) -> RawFd {
         self.eventfd.as_raw_fd()
@@ -257,19 +269,20 @@ impl Engine for UringEngine {
             } => {
                 // SAFETY: the push contract guarantees `iovcnt` valid iovecs at `iov`.
                 let iovs = unsafe { std::slice::from_raw_parts(iov, iovcnt) };
+                let (iovcnt, first_len) = ring_lengths(iovs);
                 match self.fixed.index_of(iovs) {
                     Some(index) if iovcnt == 1 => opcode::ReadFixed::new(
                         FIXED_DISK,
                         iovs[0].iov_base.cast(),
-                        iovs[0].iov_len as u32,
+                        first_len,
                         index,
                     )
                     .offset(offset)
                     .build(),
-                    Some(index) => opcode::ReadvFixed::new(FIXED_DISK, iov, iovcnt as u32, index)
+                    Some(index) => opcode::ReadvFixed::new(FIXED_DISK, iov, iovcnt, index)
                         .offset(offset)
                         .build(),
-                    None => opcode::Readv::new(FIXED_DISK, iov, iovcnt as u32)
+                    None => opcode::Readv::new(FIXED_DISK, iov, iovcnt)
                         .offset(offset)
                         .build(),
                 }
@@ -282,22 +295,23 @@ impl Engine for UringEngine {
             } => {
                 // SAFETY: as for reads.
                 let iovs = unsafe { std::slice::from_raw_parts(iov, iovcnt) };
+                let (iovcnt, first_len) = ring_lengths(iovs);
                 let flags = if dsync { libc::RWF_DSYNC } else { 0 };
                 match self.fixed.index_of(iovs) {
                     Some(index) if iovcnt == 1 => opcode::WriteFixed::new(
                         FIXED_DISK,
                         iovs[0].iov_base.cast(),
-                        iovs[0].iov_len as u32,
+                        first_len,
                         index,
                     )
                     .offset(offset)
                     .rw_flags(flags)
                     .build(),
-                    Some(index) => opcode::WritevFixed::new(FIXED_DISK, iov, iovcnt as u32, index)
+                    Some(index) => opcode::WritevFixed::new(FIXED_DISK, iov, iovcnt, index)
                         .offset(offset)
                         .rw_flags(flags)
                         .build(),
-                    None => opcode::Writev::new(FIXED_DISK, iov, iovcnt as u32)
+                    None => opcode::Writev::new(FIXED_DISK, iov, iovcnt)
                         .offset(offset)
                         .rw_flags(flags)
                         .build(),

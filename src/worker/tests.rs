@@ -9,12 +9,12 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::GuestMemoryBackend as _;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
+use crate::testing::desc;
 
 const QUEUE_SIZE: u16 = 16;
 /// Where the rings are; the descriptor table is at 0.
@@ -173,15 +173,15 @@ fn make_available(mem: &GuestMemory, req: Req) {
     mem.write_obj(0xffu8, GuestAddress(req.status())).unwrap();
     // Reads, GET_ID: the device writes the data buffer.
     let data_flags = if matches!(req.ty, VIRTIO_BLK_T_IN | VIRTIO_BLK_T_GET_ID) {
-        VRING_DESC_F_WRITE as u16
+        desc::WRITE
     } else {
         0
     };
-    let (next, head) = (VRING_DESC_F_NEXT as u16, req.head());
+    let (next, head) = (desc::NEXT, req.head());
     let descs = [
         Descriptor::new(req.header(), 16, next, head + 1),
         Descriptor::new(req.data(), req.len, data_flags | next, head + 2),
-        Descriptor::new(req.status(), 1, VRING_DESC_F_WRITE as u16, 0),
+        Descriptor::new(req.status(), 1, desc::WRITE, 0),
     ];
     for (i, d) in (u64::from(head)..).zip(descs) {
         mem.write_obj(d, GuestAddress(16 * i)).unwrap();
@@ -207,14 +207,15 @@ impl Harness {
 
     /// A harness whose script `setup` adjusts, for a disk needing `buffer_alignment`.
     fn with(setup: impl FnOnce(&mut Script), buffer_alignment: usize) -> Self {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_END as usize)]).unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_END).unwrap())])
+            .unwrap();
         let atomic = GuestMemoryAtomic::new(mem.clone());
         let vring = VringRwLock::new(atomic.clone(), QUEUE_SIZE).unwrap();
         vring.set_queue_size(QUEUE_SIZE);
         vring.set_queue_info(0, AVAIL, USED).unwrap();
         vring.set_queue_ready(true);
         let mut script = Script {
-            disk: (0..DISK_BYTES).map(|i| (i % 251) as u8).collect(),
+            disk: (0..=250).cycle().take(DISK_BYTES).collect(),
             max_transfer: usize::MAX,
             fail: None,
             hold: false,
@@ -347,7 +348,7 @@ fn a_short_write_is_resubmitted_for_the_rest() {
     // 3000 bytes per transfer: the rest starts in the middle of a buffer, not on a sector.
     let mut h = Harness::with(|s| s.max_transfer = 3000, 1);
     let req = Req::new(VIRTIO_BLK_T_OUT, 2, 8192);
-    let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 256) as u8).collect();
+    let data: Vec<u8> = (0..=255).cycle().step_by(7).take(8192).collect();
     h.mem.write_slice(&data, GuestAddress(req.data())).unwrap();
     let (status, used_len) = h.request(req);
     assert_eq!(status, status::OK);
@@ -481,13 +482,14 @@ fn a_misaligned_buffer_goes_through_a_bounce_buffer() {
     let mut h = Harness::with(|_| {}, 512);
     let region = h.mem.iter().next().unwrap();
     let guest_base = region.as_ptr() as usize;
-    let in_guest = |addr: usize| (guest_base..guest_base + MEM_END as usize).contains(&addr);
+    let guest = guest_base..guest_base + region.size();
+    let in_guest = |addr: usize| guest.contains(&addr);
 
     let write = Req {
         misalign: 1,
         ..Req::new(VIRTIO_BLK_T_OUT, 4, 1024)
     };
-    let data: Vec<u8> = (0..1024u32).map(|i| (i * 13 % 256) as u8).collect();
+    let data: Vec<u8> = (0..=255).cycle().step_by(13).take(1024).collect();
     h.mem
         .write_slice(&data, GuestAddress(write.data()))
         .unwrap();

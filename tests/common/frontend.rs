@@ -20,7 +20,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -37,11 +37,17 @@ const SLOT_HDR: u64 = 0x40_000;
 const SLOT_STATUS: u64 = 0x48_000;
 const SLOT_DATA: u64 = 0x80_000;
 pub const SLOT_DATA_LEN: u32 = 4096;
-pub const MAX_SLOTS: u16 = ((MEM_SIZE - SLOT_DATA) / SLOT_DATA_LEN as u64) as u16;
+pub const MAX_SLOTS: u16 = 128;
+const _: () = assert!(MAX_SLOTS as u64 * SLOT_DATA_LEN as u64 == MEM_SIZE - SLOT_DATA);
 /// A status byte the daemon has not written.
 pub const UNTOUCHED: u8 = 0xEE;
-pub const W: u16 = VRING_DESC_F_WRITE as u16;
-pub const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+/// Descriptor flags as a descriptor holds them (16 bits; the bindings say u32).
+pub const NEXT: u16 = 1;
+pub const W: u16 = 2;
+pub const INDIRECT: u16 = 4;
+const _: () = assert!(NEXT as u32 == VRING_DESC_F_NEXT);
+const _: () = assert!(W as u32 == VRING_DESC_F_WRITE);
+const _: () = assert!(INDIRECT as u32 == VRING_DESC_F_INDIRECT);
 /// Longest a test waits for any answer from the daemon.
 pub const ANSWER_LIMIT: Duration = Duration::from_secs(20);
 
@@ -124,7 +130,7 @@ impl Guest {
         let file = setup.memory.unwrap_or_else(|| memfd(MEM_SIZE));
         let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
             GuestAddress(0),
-            MEM_SIZE as usize,
+            super::usize_of(MEM_SIZE),
             Some(FileOffset::new(file.try_clone().unwrap(), 0)),
         )])
         .unwrap();
@@ -260,7 +266,7 @@ impl Guest {
                 .write_obj(head.to_le(), GuestAddress(AVAIL + 4 + 2 * slot))
                 .unwrap();
         }
-        self.set_avail_idx(avail_idx.wrapping_add(heads.len() as u16));
+        self.set_avail_idx(avail_idx.wrapping_add(u16::try_from(heads.len()).unwrap()));
     }
 
     /// Collects used-ring entries until `n` new ones arrived.
@@ -409,7 +415,8 @@ pub fn chain(parts: &[(u64, u32, u16)]) -> Vec<RawDescriptor> {
         .map(|(i, &(addr, len, flags))| {
             let last = i + 1 == parts.len();
             let flags = if last { flags } else { flags | NEXT };
-            RawDescriptor::from(Descriptor::new(addr, len, flags, i as u16 + 1))
+            let next = u16::try_from(i + 1).unwrap();
+            RawDescriptor::from(Descriptor::new(addr, len, flags, next))
         })
         .collect()
 }
@@ -491,7 +498,12 @@ impl RawFrontend {
 
     /// Reads a vring-state reply (index, num).
     pub fn reply_vring_state(&mut self) -> Option<(u32, u32)> {
-        self.reply_u64().map(|v| (v as u32, (v >> 32) as u32))
+        self.reply_u64().map(|v| {
+            (
+                u32::try_from(v & 0xffff_ffff).unwrap(),
+                u32::try_from(v >> 32).unwrap(),
+            )
+        })
     }
 
     /// Sets the owner and negotiates features with REPLY_ACK, as every frontend starts, so

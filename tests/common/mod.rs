@@ -16,6 +16,17 @@ use std::time::Duration;
 
 use blkio::{Blkio, Blkioq, MemoryRegion, ReqFlags};
 
+/// `n` as an index or a length: every size in these tests fits (they run on 64-bit hosts).
+pub fn usize_of(n: u64) -> usize {
+    usize::try_from(n).expect("test sizes fit usize")
+}
+
+/// Byte `at` of a test pattern: `at * step` modulo a prime, so that every sector differs and a
+/// misplaced sector shows.
+pub fn pattern_byte(at: usize, step: usize) -> u8 {
+    u8::try_from(at.wrapping_mul(step) % 251).expect("below 251")
+}
+
 /// The daemon under test: this build's, or another build named by `VBLKD_TEST_BIN` (to show
 /// that a test fails on an older daemon, or to compare builds).
 pub fn vblkd_bin() -> PathBuf {
@@ -142,8 +153,9 @@ impl Daemon {
     /// SIGTERM, then wait for the exit status and the whole log, up to the last line.
     pub fn stop_with_log(mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().unwrap();
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
         // SAFETY: sending a signal to our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let status = child.wait().unwrap();
         self.reader.take().unwrap().join().unwrap();
         (status, self.log())
@@ -183,6 +195,10 @@ impl Rng {
     }
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+    /// Like [`Rng::below`], for an index.
+    pub fn index(&mut self, n: usize) -> usize {
+        usize_of(self.below(n as u64))
     }
     pub fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
@@ -285,10 +301,10 @@ impl Client {
     /// Reads the whole disk, `chunk` bytes at a time, into a vector.
     pub fn read_all(&mut self, q: usize, chunk: usize) -> Vec<u8> {
         let capacity = self.capacity();
-        let mut out = Vec::with_capacity(capacity as usize);
+        let mut out = Vec::with_capacity(usize_of(capacity));
         let mut pos = 0u64;
         while pos < capacity {
-            let len = chunk.min((capacity - pos) as usize);
+            let len = chunk.min(usize_of(capacity - pos));
             assert_eq!(self.read_sync(q, pos, len), 0, "read at {pos}");
             out.extend_from_slice(&self.buffers()[..len]);
             pos += len as u64;

@@ -4,7 +4,7 @@
 
 use blkio::ReqFlags;
 
-use super::{first_difference, Client, Rng};
+use super::{first_difference, usize_of, Client, Rng};
 
 const ROUNDS: usize = 10;
 const REQUESTS_PER_QUEUE: usize = 12;
@@ -35,10 +35,10 @@ fn pick_len(rng: &mut Rng) -> u64 {
 /// some requests get arbitrary cuts and an unaligned start, which O_DIRECT cannot take
 /// directly and the daemon must bounce.
 fn segments(rng: &mut Rng, base: *mut u8, len: usize, odd: bool) -> Vec<libc::iovec> {
-    let pieces = 1 + rng.below(8) as usize;
+    let pieces = 1 + rng.index(8);
     let unit = if odd { 1 } else { 512 };
     let mut cuts: Vec<usize> = (1..pieces)
-        .map(|_| rng.below((len / unit) as u64) as usize * unit)
+        .map(|_| rng.index(len / unit) * unit)
         .filter(|&c| c > 0 && c < len)
         .collect();
     cuts.push(0);
@@ -83,17 +83,18 @@ pub fn random_io(client: &mut Client, model: &mut [u8], rng: &mut Rng, queues: u
                 debug_assert!(!overlaps((offset, offset + len), &planned[q]));
                 let odd = (round + i) % 5 == 0;
                 let start = next_buf + if odd { 8 } else { 0 };
-                next_buf = (start + len as usize).next_multiple_of(4096);
+                let len = usize_of(len);
+                next_buf = (start + len).next_multiple_of(4096);
                 assert!(next_buf <= BUFFER_BYTES);
                 let write = rng.below(3) != 0;
                 if write {
-                    rng.fill(&mut client.buffers()[start..start + len as usize]);
+                    rng.fill(&mut client.buffers()[start..start + len]);
                 }
-                let iov = segments(rng, client.buffer_ptr(start), len as usize, odd);
+                let iov = segments(rng, client.buffer_ptr(start), len, odd);
                 planned[q].push(Planned {
                     write,
                     offset,
-                    len: len as usize,
+                    len,
                     iov,
                 });
             }
@@ -105,7 +106,7 @@ pub fn random_io(client: &mut Client, model: &mut [u8], rng: &mut Rng, queues: u
                     queue.writev(
                         p.offset,
                         p.iov.as_ptr(),
-                        p.iov.len() as u32,
+                        u32::try_from(p.iov.len()).unwrap(),
                         i,
                         ReqFlags::empty(),
                     );
@@ -113,7 +114,7 @@ pub fn random_io(client: &mut Client, model: &mut [u8], rng: &mut Rng, queues: u
                     queue.readv(
                         p.offset,
                         p.iov.as_ptr(),
-                        p.iov.len() as u32,
+                        u32::try_from(p.iov.len()).unwrap(),
                         i,
                         ReqFlags::empty(),
                     );
@@ -144,7 +145,7 @@ pub fn random_io(client: &mut Client, model: &mut [u8], rng: &mut Rng, queues: u
                     })
                     .copied()
                     .collect();
-                let extent = p.offset as usize..p.offset as usize + p.len;
+                let extent = usize_of(p.offset)..usize_of(p.offset) + p.len;
                 if p.write {
                     model[extent].copy_from_slice(&data);
                 } else if let Some(at) = first_difference(&data, &model[extent]) {

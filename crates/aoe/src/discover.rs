@@ -133,7 +133,9 @@ pub fn discover(iface: &str, shelf: u16, slot: u8) -> Result<Discovered, AoeErro
     // 0 means the original limit of two sectors per frame.
     let target_max = if max_sectors == 0 { 2 } else { max_sectors };
     let mtu_max = socket.mtu.saturating_sub(ATA_HEADER_LEN) / SECTOR;
-    let sectors_per_frame = (usize::from(target_max).min(mtu_max).max(1)) as u8;
+    let sectors_per_frame = u8::try_from(mtu_max)
+        .map_or(target_max, |mtu_max| target_max.min(mtu_max))
+        .max(1);
     Ok(Discovered {
         mac,
         buffer_count: buffer_count.max(1),

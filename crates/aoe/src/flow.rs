@@ -35,6 +35,11 @@ impl FlowControl {
     }
 
     /// Frames that may be outstanding now.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "cwnd stays between 1 and max, and a float-to-integer `as` saturates"
+    )]
     pub fn window(&self) -> usize {
         self.cwnd.floor().max(1.0) as usize
     }

@@ -223,13 +223,17 @@ pub fn encode_ata(buf: &mut [u8; ATA_HEADER_LEN], h: &Header, a: &AtaArg) {
 }
 
 /// Writes a config frame (a query when `h.flags` has no response bit).
+///
+/// # Panics
+/// If `arg.config` is longer than 64 KiB (AoE allows 1 KiB).
 pub fn encode_config(buf: &mut [u8; CONFIG_HEADER_LEN], h: &Header, arg: &ConfigArg) {
     put_header(buf, h);
     buf[24..26].copy_from_slice(&arg.buffer_count.to_be_bytes());
     buf[26..28].copy_from_slice(&arg.firmware.to_be_bytes());
     buf[28] = arg.max_sectors;
     buf[29] = (arg.aoe_version << 4) | (arg.ccmd & 0x0f);
-    buf[30..32].copy_from_slice(&(arg.config.len() as u16).to_be_bytes());
+    let config_len = u16::try_from(arg.config.len()).expect("AoE config strings are at most 1 KiB");
+    buf[30..32].copy_from_slice(&config_len.to_be_bytes());
 }
 
 /// What an IDENTIFY DEVICE reply says about the disk.
@@ -401,7 +405,7 @@ mod tests {
                     if (12..15).contains(&i) {
                         [0x88, 0xA2, 0x10][i - 12]
                     } else {
-                        x as u8
+                        x.to_le_bytes()[0]
                     }
                 })
                 .collect();

@@ -48,11 +48,15 @@ impl RxRing {
         let per_block = block_size / slot_size;
         let blocks = slots.div_ceil(per_block).max(1);
         let slots = blocks * per_block;
+        let field = |n: usize| {
+            u32::try_from(n)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "receive ring too large"))
+        };
         let req = libc::tpacket_req {
-            tp_block_size: block_size as u32,
-            tp_block_nr: blocks as u32,
-            tp_frame_size: slot_size as u32,
-            tp_frame_nr: slots as u32,
+            tp_block_size: field(block_size)?,
+            tp_block_nr: field(blocks)?,
+            tp_frame_size: field(slot_size)?,
+            tp_frame_nr: field(slots)?,
         };
         socket.set_option(libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
         let map_len = blocks * block_size;

@@ -28,6 +28,11 @@ pub struct RawSocket {
 /// Size of `struct virtio_net_hdr`, which PACKET_VNET_HDR puts in front of every frame.
 const VNET_HEADER_LEN: usize = 10;
 
+/// The size of a socket structure as the socket calls take it.
+fn socklen_of<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).expect("socket structures are small")
+}
+
 impl RawSocket {
     /// Opens a socket on `iface` that sends and receives AoE frames.
     pub fn open(iface: &str) -> io::Result<Self> {
@@ -53,15 +58,16 @@ impl RawSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid starting value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_family = libc::sa_family_t::try_from(libc::AF_PACKET).expect("AF_PACKET is 17");
         addr.sll_protocol = ETHERTYPE.to_be();
-        addr.sll_ifindex = ifindex as i32;
+        addr.sll_ifindex = i32::try_from(ifindex)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "interface index too large"))?;
         // SAFETY: `addr` is a valid sockaddr_ll of the size we pass.
         SyscallReturnCode(unsafe {
             libc::bind(
                 fd.as_raw_fd(),
                 (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                socklen_of::<libc::sockaddr_ll>(),
             )
         })
         .into_result()?;
@@ -70,7 +76,7 @@ impl RawSocket {
         // names are shorter than IFNAMSIZ).
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-            *d = *s as libc::c_char;
+            *d = libc::c_char::from_ne_bytes([*s]);
         }
         // SAFETY: SIOCGIFHWADDR fills the ifreq we pass.
         SyscallReturnCode(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) })
@@ -79,13 +85,14 @@ impl RawSocket {
         let hw = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
         let mut mac = [0u8; 6];
         for (m, b) in mac.iter_mut().zip(hw.iter()) {
-            *m = *b as u8;
+            *m = u8::from_ne_bytes(b.to_ne_bytes());
         }
         // SAFETY: as above, for SIOCGIFMTU.
         SyscallReturnCode(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFMTU, &mut req) })
             .into_result()?;
         // SAFETY: the ioctl succeeded, so the MTU member is the valid one.
-        let mtu = unsafe { req.ifr_ifru.ifru_mtu } as usize;
+        let mtu = usize::try_from(unsafe { req.ifr_ifru.ifru_mtu })
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative MTU"))?;
         Ok(RawSocket {
             fd,
             mac,
@@ -100,34 +107,25 @@ impl RawSocket {
     pub fn accept_only_tag_prefix(&self, prefix: u8) -> io::Result<()> {
         // Classic BPF: load the byte at offset 20 (the tag's most significant byte); keep the
         // frame if it equals `prefix`, drop it otherwise.
+        let instruction = |code: u32, jt, jf, k| libc::sock_filter {
+            code: u16::try_from(code).expect("classic BPF opcodes are 16 bits"),
+            jt,
+            jf,
+            k,
+        };
         let program = [
-            libc::sock_filter {
-                code: (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16,
-                jt: 0,
-                jf: 0,
-                k: 20,
-            },
-            libc::sock_filter {
-                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-                jt: 0,
-                jf: 1,
-                k: u32::from(prefix),
-            },
-            libc::sock_filter {
-                code: (libc::BPF_RET | libc::BPF_K) as u16,
-                jt: 0,
-                jf: 0,
-                k: u32::MAX,
-            },
-            libc::sock_filter {
-                code: (libc::BPF_RET | libc::BPF_K) as u16,
-                jt: 0,
-                jf: 0,
-                k: 0,
-            },
+            instruction(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 20),
+            instruction(
+                libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+                0,
+                1,
+                u32::from(prefix),
+            ),
+            instruction(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+            instruction(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
         ];
         let fprog = libc::sock_fprog {
-            len: program.len() as u16,
+            len: 4,
             filter: program.as_ptr() as *mut libc::sock_filter,
         };
         // The kernel copies the program, so `fprog` need only live through the call.
@@ -146,7 +144,7 @@ impl RawSocket {
                 level,
                 name,
                 (value as *const T).cast(),
-                std::mem::size_of::<T>() as u32,
+                socklen_of::<T>(),
             )
         })
         .into_result()?;
@@ -204,7 +202,9 @@ impl RawSocket {
                     + ATA_HEADER_LEN;
                 // virtio_net_hdr: no checksum or segmentation offload (flags, gso_type 0);
                 // hdr_len, little-endian, is how much of the frame goes in the linear area.
-                header[2..4].copy_from_slice(&(frame_len as u16).to_le_bytes());
+                // Frames are at most an MTU, far below 64 KiB.
+                let linear = u16::try_from(frame_len).unwrap_or(u16::MAX);
+                header[2..4].copy_from_slice(&linear.to_le_bytes());
                 &mut header[..]
             } else {
                 &mut header[VNET_HEADER_LEN..]
@@ -222,14 +222,14 @@ impl RawSocket {
         let mut sent = 0;
         while sent < frames {
             let rest = &mut batch.msgs[sent..];
+            // At most u32::MAX messages per call; the loop sends the rest.
+            let count = u32::try_from(rest.len()).unwrap_or(u32::MAX);
             // SAFETY: every message points at iovecs in `batch` (headers we own, and guest
             // memory the caller keeps mapped until the batch is sent); the socket is bound,
             // so no address is needed.
-            let n = unsafe {
-                libc::sendmmsg(self.fd.as_raw_fd(), rest.as_mut_ptr(), rest.len() as u32, 0)
-            };
-            if n > 0 {
-                sent += n as usize;
+            let n = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), rest.as_mut_ptr(), count, 0) };
+            if let Some(n) = usize::try_from(n).ok().filter(|&n| n > 0) {
+                sent += n;
             } else {
                 let err = io::Error::last_os_error();
                 if err.kind() != io::ErrorKind::Interrupted {
@@ -249,8 +249,8 @@ impl RawSocket {
             // SAFETY: `buf` is writable for its length.
             let n =
                 unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n >= 0 {
-                return Ok(Some(n as usize));
+            if let Ok(n) = usize::try_from(n) {
+                return Ok(Some(n));
             }
             let err = io::Error::last_os_error();
             match err.kind() {
@@ -273,7 +273,7 @@ impl RawSocket {
             libc::poll(
                 &mut pfd,
                 1,
-                timeout.as_millis().min(i32::MAX as u128) as i32,
+                i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX),
             )
         };
         if n < 0 {

@@ -92,12 +92,12 @@ fn grouped_bars(
         .disable_x_mesh()
         .x_labels(2 * n + 1)
         .x_label_formatter(&|x| {
-            let g = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 1e-6 && g < names.len() {
-                names[g].clone()
-            } else {
-                String::new()
-            }
+            // Group g is labelled at its middle, g + 0.5.
+            names
+                .iter()
+                .enumerate()
+                .find(|&(g, _)| (x - (g as f64 + 0.5)).abs() < 1e-6)
+                .map_or_else(String::new, |(_, name)| name.clone())
         })
         .y_desc(y_desc)
         .y_label_formatter(&|v| {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use blkio::{Blkio, Blkioq, ReqFlags};
 
-use super::{BenchError, LoadQueue, Prepared, SharedBuffers, Workload};
+use super::{fill_with_data, BenchError, LoadQueue, Prepared, SharedBuffers, Workload};
 
 struct ClientQueue {
     queue: Blkioq,
@@ -51,7 +51,11 @@ pub(super) fn connect(path: &Path, w: &Workload) -> Result<Prepared, BenchError>
         .set_str("path", &path.to_string_lossy())
         .map_err(err)?;
     blkio.connect().map_err(err)?;
-    blkio.set_i32("num-queues", w.queues as i32).map_err(err)?;
+    let num_queues = i32::try_from(w.queues).map_err(|_| BenchError::Connect {
+        path: path.to_path_buf(),
+        message: format!("{} queues are too many", w.queues),
+    })?;
+    blkio.set_i32("num-queues", num_queues).map_err(err)?;
     let queues = blkio.start().map_err(err)?.queues;
     let capacity = blkio.get_u64("capacity").map_err(err)?;
     let region = blkio
@@ -59,13 +63,8 @@ pub(super) fn connect(path: &Path, w: &Workload) -> Result<Prepared, BenchError>
         .map_err(err)?;
     blkio.map_mem_region(&region).map_err(err)?;
     let base = region.addr as *mut u8;
-    // Data for writes: anything but zeroes, which some storage compresses away.
     // SAFETY: the region is mapped and `len` bytes long.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(base, region.len) };
-    bytes
-        .iter_mut()
-        .enumerate()
-        .for_each(|(i, b)| *b = (i * 131 % 251) as u8 | 1);
+    fill_with_data(unsafe { std::slice::from_raw_parts_mut(base, region.len) });
 
     let queues = queues
         .into_iter()

@@ -3,13 +3,14 @@
 //! beat this; how close one comes is the figure of merit.
 
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use io_uring::{opcode, types, IoUring};
 
-use super::{BenchError, LoadQueue, Prepared, SharedBuffers, Workload};
+use super::{fill_with_data, BenchError, LoadQueue, Prepared, SharedBuffers, Workload};
 use vblkd::aligned::AlignedBuffer;
 
 struct DirectQueue {
@@ -21,11 +22,11 @@ impl LoadQueue for DirectQueue {
     fn queue(&mut self, slot: usize, write: bool, offset: u64, buf: *mut u8, len: usize) {
         let fd = types::Fd(self.fd);
         let entry = if write {
-            opcode::Write::new(fd, buf, len as u32)
+            opcode::Write::new(fd, buf, entry_len(len))
                 .offset(offset)
                 .build()
         } else {
-            opcode::Read::new(fd, buf, len as u32)
+            opcode::Read::new(fd, buf, entry_len(len))
                 .offset(offset)
                 .build()
         };
@@ -42,7 +43,7 @@ impl LoadQueue for DirectQueue {
         out.extend(
             self.ring
                 .completion()
-                .map(|c| (c.user_data() as usize, c.result() >= 0)),
+                .map(|c| (slot_of(c.user_data()), c.result() >= 0)),
         );
         Ok(())
     }
@@ -65,16 +66,15 @@ pub(super) fn open(path: &Path, w: &Workload) -> Result<Prepared, BenchError> {
     })?;
     let mut buffers = AlignedBuffer::new(w.queues * w.iodepth * w.bs)
         .map_err(|e| BenchError::Setup(e.to_string()))?;
-    buffers
-        .as_mut_slice()
-        .iter_mut()
-        .enumerate()
-        .for_each(|(i, b)| *b = (i * 131 % 251) as u8 | 1);
+    fill_with_data(buffers.as_mut_slice());
+    let entries = u32::try_from(w.iodepth)
+        .map_err(|_| BenchError::Setup(format!("--iodepth {} is too deep", w.iodepth)))?
+        .next_power_of_two();
     let base = buffers.as_mut_slice().as_mut_ptr();
     let queues = (0..w.queues)
         .map(|_| {
-            let ring = IoUring::new((w.iodepth as u32).next_power_of_two())
-                .map_err(|e| BenchError::Setup(format!("io_uring: {e}")))?;
+            let ring =
+                IoUring::new(entries).map_err(|e| BenchError::Setup(format!("io_uring: {e}")))?;
             Ok(Box::new(DirectQueue {
                 ring,
                 fd: file.as_raw_fd(),
@@ -91,12 +91,17 @@ pub(super) fn open(path: &Path, w: &Workload) -> Result<Prepared, BenchError> {
     })
 }
 
-/// Size of a regular file or a block device.
-fn file_size(file: &File) -> std::io::Result<u64> {
-    // SAFETY: lseek on our own fd; SEEK_END works for files and block devices alike.
-    let end = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
-    if end < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(end as u64)
+/// Size of a regular file or a block device (seeking to the end works for both).
+fn file_size(mut file: &File) -> std::io::Result<u64> {
+    file.seek(SeekFrom::End(0))
+}
+
+/// A transfer's length as a ring entry holds it; `--bs` is at most [`crate::MAX_BLOCK_SIZE`].
+fn entry_len(len: usize) -> u32 {
+    u32::try_from(len).expect("block sizes are checked against MAX_BLOCK_SIZE")
+}
+
+/// The slot a completion belongs to: the index `queue` put in its user data.
+fn slot_of(user_data: u64) -> usize {
+    usize::try_from(user_data).expect("user data holds a slot index")
 }

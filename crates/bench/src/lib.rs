@@ -86,6 +86,21 @@ impl Workload {
     }
 }
 
+/// The largest `--bs`: what one ring entry or one blkio request can carry, with room to spare.
+pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
+
+/// Fills `bytes` with data that is neither zeroes nor a short repeat, both of which some
+/// storage compresses or deduplicates away (xorshift, never a zero byte).
+pub fn fill_with_data(bytes: &mut [u8]) {
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    for b in bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x.to_le_bytes()[0] | 1;
+    }
+}
+
 /// Where the I/O goes.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
@@ -250,7 +265,7 @@ fn drive(
             if now >= timing.measure_start && now < timing.measure_end {
                 stats
                     .latency
-                    .record((now - started[slot]).as_nanos() as u64);
+                    .record(u64::try_from((now - started[slot]).as_nanos()).unwrap_or(u64::MAX));
                 stats.ios += 1;
                 stats.bytes += bs;
             }

@@ -122,12 +122,22 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.bs == 0 || args.bs % 512 != 0 {
         return Err(format!("--bs {} is not a multiple of 512", args.bs).into());
     }
+    let bs = usize::try_from(args.bs)
+        .ok()
+        .filter(|&bs| bs as u64 <= vblkd_bench::MAX_BLOCK_SIZE)
+        .ok_or_else(|| {
+            format!(
+                "--bs {} is larger than {}",
+                args.bs,
+                vblkd::size::label(vblkd_bench::MAX_BLOCK_SIZE)
+            )
+        })?;
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err("--rate must be a positive number of requests per second".into());
     }
     let workload = Workload {
         rw: args.rw,
-        bs: args.bs as usize,
+        bs,
         iodepth: usize::from(args.iodepth),
         queues: usize::from(args.queues),
         seconds: args.seconds,

@@ -128,23 +128,31 @@ struct RunningDaemon {
     socket: PathBuf,
 }
 
+impl RunningDaemon {
+    /// Sends `signal` (0: none, only checks); false if the process is gone.
+    fn signal(&self, signal: i32) -> bool {
+        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
+            return false;
+        };
+        // SAFETY: kill takes plain integers; the pid is a daemon we started.
+        unsafe { libc::kill(pid, signal) == 0 }
+    }
+}
+
 impl Drop for RunningDaemon {
     fn drop(&mut self) {
-        // SAFETY: signalling a process we started.
-        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        self.signal(libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let gone = match &mut self.child {
                 Some(child) => child.try_wait().map(|s| s.is_some()).unwrap_or(true),
-                // SAFETY: signal 0 only checks that the process exists.
-                None => (unsafe { libc::kill(self.pid as i32, 0) }) != 0,
+                None => !self.signal(0),
             };
             if gone {
                 break;
             }
             if Instant::now() > deadline {
-                // SAFETY: as above.
-                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+                self.signal(libc::SIGKILL);
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -308,12 +316,11 @@ fn prepare_disk(path: &Path, size: u64) -> Result<(), String> {
         .create_new(true)
         .open(path)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let chunk: Vec<u8> = (0..1usize << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1)
-        .collect();
+    let mut chunk = vec![0; 1 << 20];
+    super::fill_with_data(&mut chunk);
     let mut left = size;
     while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
+        let n = usize::try_from(left).map_or(chunk.len(), |left| left.min(chunk.len()));
         f.write_all(&chunk[..n]).map_err(|e| e.to_string())?;
         left -= n as u64;
     }

@@ -292,7 +292,7 @@ pub fn write(dir: &Path, rows: &[Row], ctx: &Context) -> Result<PathBuf, String>
 fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
@@ -319,7 +319,7 @@ mod tests {
     fn result(w: &Workload, iops: f64, cpu: Option<f64>, lat: f64) -> RunResult {
         RunResult {
             workload: w.clone(),
-            ios: iops as u64,
+            ios: 1_000,
             errors: 0,
             iops,
             mib_per_s: iops * w.bs as f64 / 1048576.0,

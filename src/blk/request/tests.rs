@@ -1,13 +1,13 @@
 //! Each malformed-chain case the daemon must survive, built with virtio-queue's mock queue.
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::blk::layout::status;
+use crate::testing::desc::{INDIRECT, NEXT, WRITE as W};
 
-const W: u16 = VRING_DESC_F_WRITE as u16;
 const HDR: u64 = 0x10_000;
 const DATA: u64 = 0x20_000;
 const STATUS: u64 = 0x30_000;
@@ -17,10 +17,10 @@ const MEM_END: u64 = 0x80_000;
 
 fn memory() -> GuestMemory {
     GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), REGION_SPLIT as usize),
+        (GuestAddress(0), usize::try_from(REGION_SPLIT).unwrap()),
         (
             GuestAddress(REGION_SPLIT),
-            (MEM_END - REGION_SPLIT) as usize,
+            usize::try_from(MEM_END - REGION_SPLIT).unwrap(),
         ),
     ])
     .unwrap()
@@ -313,7 +313,7 @@ fn unknown_type_is_unsupported() {
     let (r, _) = parse_chain(&mem, &[desc(HDR, 16, 0), desc(STATUS, 1, W)], &limits());
     let err = r.unwrap_err();
     assert_eq!(err.error, RequestError::Unsupported(0x1234));
-    assert_eq!(err.error.status(), VIRTIO_BLK_S_UNSUPP as u8);
+    assert_eq!(err.error.status(), status::UNSUPP);
 }
 
 fn discard_segment(mem: &GuestMemory, sector: u64, sectors: u32, flags: u32) {
@@ -398,8 +398,6 @@ fn parse_raw(mem: &GuestMemory, descs: &[RawDescriptor]) -> Result<Request, Reje
     )
 }
 
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
-
 #[test]
 fn looping_chain_is_dropped() {
     let mem = memory();
@@ -443,27 +441,18 @@ fn looping_indirect_table_is_dropped() {
     let r = parse_raw(
         &mem,
         &[RawDescriptor::from(Descriptor::new(
-            table.0,
-            32,
-            VRING_DESC_F_INDIRECT as u16,
-            0,
+            table.0, 32, INDIRECT, 0,
         ))],
     );
     assert_eq!(r, rejected(None, RequestError::BrokenChain));
 
     // A table that nests another indirect table.
-    mem.write_obj(
-        Descriptor::new(table.0, 16, VRING_DESC_F_INDIRECT as u16, 0),
-        table,
-    )
-    .unwrap();
+    mem.write_obj(Descriptor::new(table.0, 16, INDIRECT, 0), table)
+        .unwrap();
     let r = parse_raw(
         &mem,
         &[RawDescriptor::from(Descriptor::new(
-            table.0,
-            16,
-            VRING_DESC_F_INDIRECT as u16,
-            0,
+            table.0, 16, INDIRECT, 0,
         ))],
     );
     assert_eq!(r, rejected(None, RequestError::BrokenChain));
@@ -486,10 +475,7 @@ fn well_formed_indirect_chain_parses() {
     let r = parse_raw(
         &mem,
         &[RawDescriptor::from(Descriptor::new(
-            table.0,
-            48,
-            VRING_DESC_F_INDIRECT as u16,
-            0,
+            table.0, 48, INDIRECT, 0,
         ))],
     );
     assert_eq!(r.unwrap().data_len, 512);
@@ -504,7 +490,7 @@ mod property {
     use proptest::collection::vec;
     use proptest::prelude::*;
     use virtio_queue::DescriptorChain;
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::GuestMemoryBackend;
 
     use super::*;
 
@@ -577,7 +563,7 @@ mod property {
     fn is_guest_memory(mem: &GuestMemory, base: usize, len: usize) -> bool {
         mem.iter().any(|region| {
             let start = region.as_ptr() as usize;
-            let end = start + region.len() as usize;
+            let end = start + region.size();
             base >= start && base.checked_add(len).is_some_and(|e| e <= end)
         })
     }
