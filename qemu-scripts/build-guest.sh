@@ -16,7 +16,9 @@ cache=${VBLKD_GUEST_CACHE:-$here/.cache}
 mkdir -p "$cache"
 
 workload=$here/guest-workload
-newest_source=$(ls -t "$here/guest-init" "$workload/Cargo.toml" "$workload"/src/*.rs | head -1)
+# The workload also includes the benchmark's generator (crates/bench/src/rng.rs).
+newest_source=$(ls -t "$here/guest-init" "$workload/Cargo.toml" "$workload"/src/*.rs \
+    "$here/../crates/bench/src/rng.rs" | head -1)
 if [[ -f $cache/vmlinuz && -f $cache/pattern.bin && $cache/initrd.gz -nt $newest_source ]]; then
     exit 0
 fi

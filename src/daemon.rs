@@ -110,6 +110,7 @@ fn spawn_signal_watcher(stop: Arc<Stop>) -> io::Result<()> {
             // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
             if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
                 log::info!("signal {sig} received: finishing in-flight I/O and exiting");
+                crate::notify::notify("STOPPING=1");
                 stop.request();
             }
         })
@@ -130,6 +131,7 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         source,
     })?;
     log::info!("listening on {}", opts.socket.display());
+    crate::notify::notify("READY=1");
 
     while !stop.requested() {
         // Build the next device before accepting, so a frontend never waits for it.

@@ -14,6 +14,7 @@ pub mod disk;
 pub mod engine;
 mod inflight;
 mod iov;
+pub mod notify;
 mod ratelimit;
 pub mod sigbus;
 pub mod size;

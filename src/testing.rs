@@ -1,4 +1,5 @@
-//! What the in-process tests share.
+//! What the tests share: the in-process tests of this crate, and the integration tests, which
+//! include this same file (`tests/common/mod.rs`).
 
 /// Descriptor flags as a split-ring descriptor holds them (16 bits; the bindings say u32).
 pub mod desc {

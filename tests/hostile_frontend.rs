@@ -15,8 +15,9 @@ use std::path::Path;
 use common::blockdev::SlowDisk;
 use common::frontend::{
     chain, code, disk_with_pattern, memfd, vring_state, Guest, RawFrontend, Setup, ANSWER_LIMIT,
-    DATA, DISK_BYTES, MEM_SIZE, SLOT_DATA_LEN, STATUS, W,
+    DATA, DISK_BYTES, MEM_SIZE, SLOT_DATA_LEN, STATUS,
 };
+use common::testing::desc::WRITE as W;
 use common::{eventually, pattern_byte, usize_of, Daemon};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};

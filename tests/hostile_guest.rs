@@ -9,9 +9,9 @@ mod common;
 use std::os::fd::AsRawFd;
 
 use common::frontend::{
-    chain, disk_with_pattern, memfd, Guest, DATA, DISK_BYTES, HDR, INDIRECT, MEM_SIZE, NEXT,
-    STATUS, UNTOUCHED, W,
+    chain, disk_with_pattern, memfd, Guest, DATA, DISK_BYTES, HDR, MEM_SIZE, STATUS, UNTOUCHED,
 };
+use common::testing::desc::{INDIRECT, NEXT, WRITE as W};
 use common::Daemon;
 use vblkd::blk::layout::status;
 use vhost::vhost_user::message::VhostUserConfigFlags;

@@ -19,9 +19,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -41,13 +39,7 @@ pub const MAX_SLOTS: u16 = 128;
 const _: () = assert!(MAX_SLOTS as u64 * SLOT_DATA_LEN as u64 == MEM_SIZE - SLOT_DATA);
 /// A status byte the daemon has not written.
 pub const UNTOUCHED: u8 = 0xEE;
-/// Descriptor flags as a descriptor holds them (16 bits; the bindings say u32).
-pub const NEXT: u16 = 1;
-pub const W: u16 = 2;
-pub const INDIRECT: u16 = 4;
-const _: () = assert!(NEXT as u32 == VRING_DESC_F_NEXT);
-const _: () = assert!(W as u32 == VRING_DESC_F_WRITE);
-const _: () = assert!(INDIRECT as u32 == VRING_DESC_F_INDIRECT);
+use super::testing::desc::{NEXT, WRITE as W};
 /// Longest a test waits for any answer from the daemon.
 pub const ANSWER_LIMIT: Duration = Duration::from_secs(20);
 

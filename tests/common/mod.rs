@@ -5,16 +5,26 @@
 pub mod blockdev;
 pub mod frontend;
 pub mod guest;
+/// A small deterministic generator, so failures reproduce: the benchmark's, the same file.
+#[path = "../../crates/bench/src/rng.rs"]
+mod rng;
+/// What the daemon's own in-process tests share (descriptor flags), the same file.
+#[path = "../../src/testing.rs"]
+pub mod testing;
 pub mod workload;
 
 use std::io::{BufRead, BufReader};
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use blkio::{Blkio, Blkioq, MemoryRegion, ReqFlags};
+use vblkd::notify::NotifySocket;
+
+pub use rng::Rng;
 
 /// `n` as an index or a length: every size in these tests fits (they run on 64-bit hosts).
 pub fn usize_of(n: u64) -> usize {
@@ -43,6 +53,8 @@ pub struct Daemon {
     log: Arc<(Mutex<String>, Condvar)>,
     /// Copies stderr into `log`; finishes when the daemon's stderr closes.
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Where the daemon's sd_notify messages go (kept, so that STOPPING=1 finds it).
+    _supervisor: NotifySocket,
 }
 
 impl Daemon {
@@ -54,7 +66,11 @@ impl Daemon {
     /// Like [`Daemon::start`], run through `wrapper` (e.g. `ip netns exec NS`), which must
     /// exec vblkd in its own process.
     pub fn start_with(wrapper: &[&str], dir: &Path, args: &[&str]) -> Daemon {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
         let socket = dir.join("vblkd.sock");
+        // Readiness is the daemon's READY=1 (sd_notify), sent once its socket listens.
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let ready = NotifySocket::bind(&dir.join(format!("notify-{n}.sock"))).unwrap();
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -72,31 +88,34 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("VBLKD_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env(vblkd::notify::NOTIFY_SOCKET, ready.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("vblkd starts");
         let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let log2 = log.clone();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[vblkd] {line}");
-                if line.contains("listening on") {
-                    let _ = ready_tx.send(());
-                }
                 log2.0.lock().unwrap().push_str(&(line + "\n"));
                 log2.1.notify_all();
             }
         });
-        // The reader thread drops the sender when stderr closes (the daemon died).
-        if ready_rx.recv().is_err() {
+        let listening = ready
+            .wait_for("READY=1", HANG_LIMIT, || {
+                child.try_wait().unwrap().is_some()
+            })
+            .unwrap();
+        if !listening {
+            let _ = child.kill();
             let status = child.wait().unwrap();
+            reader.join().unwrap();
             panic!(
-                "vblkd exited ({status}) before listening:\n{}",
+                "vblkd did not report READY=1 ({status}):\n{}",
                 log.0.lock().unwrap()
             );
         }
@@ -105,6 +124,7 @@ impl Daemon {
             socket,
             log,
             reader: Some(reader),
+            _supervisor: ready,
         }
     }
 
@@ -178,34 +198,6 @@ pub fn run_vblkd(args: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// A small deterministic PRNG (xorshift64*), so failures reproduce.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// Like [`Rng::below`], for an index.
-    pub fn index(&mut self, n: usize) -> usize {
-        usize_of(self.below(n as u64))
-    }
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
 }
 
 /// A connected blkio client with one shared buffer region.

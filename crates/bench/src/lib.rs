@@ -18,6 +18,7 @@ pub mod matrix;
 mod procstat;
 mod report;
 mod results;
+pub mod rng;
 
 use std::io;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use histogram::Histogram;
 pub use procstat::{page_cache_bytes, ProcessSample};
+use rng::Rng;
 
 /// Access pattern, named as fio names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -90,14 +92,11 @@ impl Workload {
 pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
 
 /// Fills `bytes` with data that is neither zeroes nor a short repeat, both of which some
-/// storage compresses or deduplicates away (xorshift, never a zero byte).
+/// storage compresses or deduplicates away: the top byte of each index's Fibonacci hash,
+/// never zero.
 pub fn fill_with_data(bytes: &mut [u8]) {
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    for b in bytes {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x.to_le_bytes()[0] | 1;
+    for (i, b) in (0u64..).zip(bytes) {
+        *b = i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes()[0] | 1;
     }
 }
 
@@ -189,18 +188,6 @@ struct ThreadStats {
     completions: u64,
 }
 
-/// xorshift64*: offsets need speed and spread, not cryptographic quality.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// Keeps `iodepth` requests in flight on `queue` until the measured window ends.
 fn drive(
     queue: &mut dyn LoadQueue,
@@ -213,11 +200,11 @@ fn drive(
     let bs = w.bs as u64;
     let blocks = capacity / bs;
     let mut rng =
-        Rng(0x9e37_79b9_7f4a_7c15 ^ (thread as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+        Rng::new(0x9e37_79b9_7f4a_7c15 ^ (thread as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
     let mut cursor = (blocks / w.queues as u64) * thread as u64;
     let mut next_request = |rng: &mut Rng| {
         let block = if w.rw.random() {
-            rng.next() % blocks
+            rng.next_u64() % blocks
         } else {
             cursor = (cursor + 1) % blocks;
             cursor
@@ -225,7 +212,7 @@ fn drive(
         let write = match w.rw {
             Rw::Read | Rw::Randread => false,
             Rw::Write | Rw::Randwrite => true,
-            Rw::Randrw => rng.next() & 1 == 0,
+            Rw::Randrw => rng.next_u64() & 1 == 0,
         };
         (write, block * bs)
     };

@@ -8,13 +8,14 @@
 //! A run that fails is recorded as failed, never dropped.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use vblkd::notify::NotifySocket;
 
 use super::report;
 use super::results::{Config, Peer, Row};
@@ -206,29 +207,32 @@ fn start_daemon(
                 cmd.arg("--poll-us").arg(config.poll_us.to_string());
             }
             cmd.args(&opts.vblkd_args);
+            // Its log goes to a file, read back only to say why it did not come up.
+            let log_path = dir.join("vblkd.log");
+            let log = std::fs::File::create(&log_path)
+                .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+            let ready = NotifySocket::bind(&dir.join("vblkd-notify.sock"))
+                .map_err(|e| format!("cannot make a notify socket in {}: {e}", dir.display()))?;
             cmd.env("RUST_LOG", "info")
+                .env(vblkd::notify::NOTIFY_SOCKET, ready.path())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped());
+                .stderr(log);
             pin_command(&mut cmd, daemon_cpus.to_vec());
             let mut child = cmd
                 .spawn()
-                .map_err(|e| format!("cannot start vblkd: {e}"))?;
-            let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
-            let mut log = String::new();
-            loop {
-                let mut line = String::new();
-                if stderr.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-                    let _ = child.wait();
-                    return Err(format!("vblkd exited before listening: {}", log.trim()));
-                }
-                log += &line;
-                if line.contains("listening on") {
-                    break;
-                }
+                .map_err(|e| format!("cannot start {}: {e}", opts.vblkd.display()))?;
+            let listening = ready
+                .wait_for("READY=1", Duration::from_secs(30), || {
+                    child.try_wait().map_or(true, |status| status.is_some())
+                })
+                .map_err(|e| e.to_string())?;
+            if !listening {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!("vblkd did not come up: {}", log.trim()));
             }
-            // Keep draining its log so the daemon never blocks on a full pipe.
-            std::thread::spawn(move || for _ in stderr.lines() {});
             Ok(RunningDaemon {
                 pid: child.id(),
                 child: Some(child),

@@ -62,27 +62,17 @@ impl Drop for Aligned {
     }
 }
 
-/// xorshift64*, for patterns and block choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+/// xorshift64*, for patterns and block choices: the benchmark's, the same file.
+#[path = "../../../crates/bench/src/rng.rs"]
+#[allow(dead_code)] // this program needs only part of it
+mod rng;
+use rng::Rng;
 
 fn stamp(buf: &mut [u8], block: u64, generation: u64) {
     buf[0..8].copy_from_slice(MAGIC);
     buf[8..16].copy_from_slice(&block.to_le_bytes());
     buf[16..24].copy_from_slice(&generation.to_le_bytes());
-    let mut rng = Rng((block << 32) ^ generation ^ 0x9e37_79b9_7f4a_7c15);
-    for chunk in buf[24..].chunks_mut(8) {
-        let v = rng.next().to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
-    }
+    Rng::new((block << 32) ^ generation ^ 0x9e37_79b9_7f4a_7c15).fill(&mut buf[24..]);
 }
 
 /// The generation a block carries, if it is a whole, well-formed block `block`.
@@ -138,12 +128,12 @@ impl Shared {
 }
 
 fn writer(disk: &File, shared: &Shared, id: u64, acked: &[AtomicU64]) {
-    let mut rng = Rng(0x1234_5678 + id);
+    let mut rng = Rng::new(0x1234_5678 + id);
     let mut buf = Aligned::new(BLOCK);
     let mut written = 0u64;
     let own = (WRITE_BLOCKS - id).div_ceil(WRITERS);
     while !shared.stop.load(Ordering::Relaxed) {
-        let block = id + WRITERS * (rng.next() % own);
+        let block = id + WRITERS * (rng.next_u64() % own);
         let slot = &acked[usize::try_from(block).unwrap()];
         let generation = slot.load(Ordering::Relaxed) + 1;
         stamp(buf.bytes(), block, generation);
@@ -168,10 +158,10 @@ fn writer(disk: &File, shared: &Shared, id: u64, acked: &[AtomicU64]) {
 }
 
 fn reader(disk: &File, shared: &Shared, id: u64) {
-    let mut rng = Rng(0x8765_4321 + id);
+    let mut rng = Rng::new(0x8765_4321 + id);
     let mut buf = Aligned::new(BLOCK);
     while !shared.stop.load(Ordering::Relaxed) {
-        let block = READ_START + rng.next() % READ_BLOCKS;
+        let block = READ_START + rng.next_u64() % READ_BLOCKS;
         match shared.timed(|| disk.read_at(buf.bytes(), block * BLOCK as u64)) {
             Ok(n) if n == BLOCK => match generation_of(buf.bytes(), block) {
                 Ok(0) => {
