@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Disk, DiskError, DiskInfo, SERIAL_LEN};
+use super::{Disk, DiskError, DiskInfo};
 use crate::engine::{AoeEngine, AoeTarget, Engine};
 use aoe::{discover, parse_address, AoeError};
 
@@ -27,11 +27,6 @@ impl AoeDisk {
         let (iface, shelf, slot) = parse_address(address)?;
         let found = discover::discover(&iface, shelf, slot)?;
         let id = &found.identity;
-        let mut serial = serial
-            .map(str::to_owned)
-            .unwrap_or_else(|| id.serial.clone())
-            .into_bytes();
-        serial.truncate(SERIAL_LEN);
         log::info!(
             "AoE target e{shelf}.{slot} on {iface}: {} sectors, {} buffers, {} sectors per frame{}",
             id.sectors,
@@ -49,7 +44,7 @@ impl AoeDisk {
                 logical_block_size: 512,
                 physical_block_size: 512,
                 read_only,
-                serial,
+                serial: super::serial(serial, || id.serial.clone()),
                 // The target may buffer writes (vblade does, in its page cache).
                 write_cache: true,
                 honours_flush: id.flush_cache,

@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{Disk, DiskError, DiskInfo, SERIAL_LEN};
+use super::{Disk, DiskError, DiskInfo};
 use crate::aligned::AlignedBuffer;
 use crate::engine::{probe_io_uring, AioEngine, Engine, ThreadPool, UringEngine};
 
@@ -169,14 +169,7 @@ impl FileDisk {
         } else {
             (file_len(&file, path)?, block.max(4096))
         };
-        let capacity = size - size % u64::from(block);
-        if capacity == 0 {
-            return Err(DiskError::TooSmall {
-                path: path.clone(),
-                size,
-                block,
-            });
-        }
+        let capacity = super::whole_blocks(path, size, block)?;
         if opts.cache.direct_io() {
             check_direct_io_block_size(&file, path, block, capacity)?;
         }
@@ -186,7 +179,11 @@ impl FileDisk {
             logical_block_size: block,
             physical_block_size,
             read_only: opts.read_only,
-            serial: serial_for(opts.serial.as_deref(), path),
+            serial: super::serial(opts.serial.as_deref(), || {
+                path.file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            }),
             write_cache: opts.cache.write_cache(),
             honours_flush: opts.cache.honours_flush(),
             discard: !opts.read_only,
@@ -327,18 +324,4 @@ fn check_direct_io_block_size(
         });
     }
     Ok(())
-}
-
-/// The GET_ID serial: the user's, or the disk's file name, cut to what virtio allows.
-fn serial_for(serial: Option<&str>, path: &Path) -> Vec<u8> {
-    let name = match serial {
-        Some(s) => s.to_owned(),
-        None => path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    };
-    let mut bytes = name.into_bytes();
-    bytes.truncate(SERIAL_LEN);
-    bytes
 }

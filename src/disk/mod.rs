@@ -6,7 +6,7 @@
 //! Ethernet target in [`AoeDisk`].
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::engine::Engine;
 
@@ -42,6 +42,26 @@ pub struct DiskInfo {
     /// Guest buffers whose address or length is not a multiple of this go through a bounce
     /// buffer (O_DIRECT's rule); 1 when any buffer will do.
     pub buffer_alignment: usize,
+}
+
+/// The GET_ID serial: the one given, or the backend's own, cut to what virtio-blk allows.
+fn serial(given: Option<&str>, default: impl FnOnce() -> String) -> Vec<u8> {
+    let mut bytes = given.map_or_else(default, str::to_owned).into_bytes();
+    bytes.truncate(SERIAL_LEN);
+    bytes
+}
+
+/// `size` rounded down to whole blocks: what the guest can address. No whole block is an
+/// error that names `path`.
+fn whole_blocks(path: &Path, size: u64, block: u32) -> Result<u64, DiskError> {
+    match size - size % u64::from(block) {
+        0 => Err(DiskError::TooSmall {
+            path: path.to_path_buf(),
+            size,
+            block,
+        }),
+        capacity => Ok(capacity),
+    }
 }
 
 /// A disk backend: its description and a factory of per-queue engines.

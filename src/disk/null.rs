@@ -15,21 +15,14 @@ impl NullDisk {
         read_only: bool,
         serial: Option<&str>,
     ) -> Result<Self, DiskError> {
-        let capacity = size - size % u64::from(logical_block_size);
-        if capacity == 0 {
-            return Err(DiskError::TooSmall {
-                path: "null".into(),
-                size,
-                block: logical_block_size,
-            });
-        }
+        let capacity = super::whole_blocks("null".as_ref(), size, logical_block_size)?;
         Ok(NullDisk {
             info: DiskInfo {
                 capacity,
                 logical_block_size,
                 physical_block_size: logical_block_size,
                 read_only,
-                serial: serial.unwrap_or("null").as_bytes().to_vec(),
+                serial: super::serial(serial, || "null".into()),
                 write_cache: true,
                 honours_flush: true,
                 discard: !read_only,

@@ -310,7 +310,7 @@ impl AoeEngine {
 
     /// Sends what this round queued and sets the timer for what is now outstanding. Must
     /// run before completions are handed out: queued write frames point at guest memory.
-    fn flush(&mut self) -> io::Result<()> {
+    fn transmit(&mut self) -> io::Result<()> {
         self.initiator.fill_window();
         if !self.initiator.tx.is_empty() {
             self.socket.send_batch(&mut self.initiator.tx);
@@ -647,7 +647,7 @@ impl Engine for AoeEngine {
     }
 
     fn submit(&mut self) -> io::Result<()> {
-        self.flush()
+        self.transmit()
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
@@ -662,7 +662,7 @@ impl Engine for AoeEngine {
             self.initiator.reply_gathering.period_ended();
         }
         self.initiator.handle_timeouts();
-        self.flush()?;
+        self.transmit()?;
         self.choose_wait()?;
         out.append(&mut self.initiator.done);
         Ok(())

@@ -24,7 +24,7 @@ pub struct Context {
 
 /// One speed target and how this run measured against it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Goal {
+pub struct TargetCheck {
     pub target: String,
     pub measured: String,
     /// None when the rows it needs are missing or failed.
@@ -36,8 +36,8 @@ fn check(
     value: Option<f64>,
     fmt: impl Fn(f64) -> String,
     ok: impl Fn(f64) -> bool,
-) -> Goal {
-    Goal {
+) -> TargetCheck {
+    TargetCheck {
         target,
         measured: value.map(&fmt).unwrap_or_else(|| "not measured".into()),
         met: value.map(ok),
@@ -46,7 +46,7 @@ fn check(
 
 /// The speed targets (issue 10), evaluated on `rows`: for vblkd as it runs by default, and
 /// the latency target again for a polling vblkd where the matrix has one.
-pub fn goals(rows: &[Row]) -> Vec<Goal> {
+pub fn targets(rows: &[Row]) -> Vec<TargetCheck> {
     let r = Results::new(rows);
     let ratio = |a: Option<&RunResult>, b: Option<&RunResult>, f: fn(&RunResult) -> Option<f64>| {
         a.zip(b).and_then(|(a, b)| Some(f(a)? / f(b)?))
@@ -211,7 +211,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
         md,
         "## Speed targets\n\n| target | measured | met |\n|---|---|---|"
     );
-    for t in goals(rows) {
+    for t in targets(rows) {
         let met = match t.met {
             Some(true) => "yes",
             Some(false) => "**no**",
@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn targets_are_evaluated_from_the_rows() {
-        let t = goals(&sample_rows());
+        let t = targets(&sample_rows());
         let find = |prefix: &str| {
             t.iter()
                 .find(|t| t.target.starts_with(prefix))
