@@ -35,7 +35,7 @@ use crate::aligned::AlignedBuffer;
 use crate::blk::layout::status;
 use crate::blk::request::{self, Limits, Rejected, Request, RequestKind, Scratch};
 use crate::disk::DiskInfo;
-use crate::engine::{wait_for_completions, Completion, Engine, IoOp};
+use crate::engine::{wait_for_completions, Completion, DataBuffers, Engine, IoOp};
 use crate::inflight::InflightQueue;
 use crate::iov;
 use crate::ratelimit::limited;
@@ -93,17 +93,17 @@ struct Slot {
     expected: usize,
     /// The used ring's length on success: bytes written into guest buffers, status included.
     used_len: u32,
-    /// The guest's data buffers.
+    /// The guest's data buffers as the parser found them. While the request is in flight they
+    /// belong to its operation and come back with the completion; a bounced request's stay
+    /// here, for the copy back.
     iov: Vec<libc::iovec>,
-    /// Set when the guest's buffers cannot be used for I/O directly.
-    bounce: Option<AlignedBuffer>,
-    /// The read or write as first handed to the engine, and the bytes of it that earlier
-    /// short transfers moved: a short transfer is resubmitted for the rest.
-    data_op: Option<IoOp>,
+    /// Whether the operation's buffers are a bounce buffer rather than the guest's.
+    bounced: bool,
+    /// The read or write being done, and the bytes of it that earlier short transfers moved:
+    /// a short transfer is resubmitted for the rest.
+    transfer: Option<Transfer>,
     done: usize,
-    /// The iovecs of the rest after a short transfer.
-    rest: Vec<libc::iovec>,
-    /// Keeps the guest memory mapping these iovecs point into alive until completion.
+    /// The guest memory the status byte (and a bounced request's iovecs) point into.
     mem: Option<Arc<GuestMemory>>,
 }
 
@@ -111,40 +111,25 @@ struct Slot {
 // used by the worker that owns it.
 unsafe impl Send for Slot {}
 
-impl Slot {
-    fn is_read(&self) -> bool {
-        matches!(self.data_op, Some(IoOp::Read { .. }))
-    }
+/// Where a read or write goes.
+#[derive(Clone, Copy)]
+struct Transfer {
+    offset: u64,
+    /// `Some(dsync)` for a write.
+    write: Option<bool>,
+}
 
-    /// The read or write for the bytes after the first `done`, its iovecs in `rest`; `None`
-    /// for other operations.
-    fn remainder(&mut self) -> Option<IoOp> {
-        let buffers = match &self.bounce {
-            Some(b) => std::slice::from_ref(b.iovec()),
-            None => &self.iov,
-        };
-        self.rest.clear();
-        iov::subrange(
-            buffers,
-            self.done,
-            self.expected - self.done,
-            &mut self.rest,
-        );
-        let (iov, iovcnt) = (self.rest.as_ptr(), self.rest.len());
-        let skipped = self.done as u64;
-        match self.data_op? {
-            IoOp::Read { offset, .. } => Some(IoOp::Read {
-                offset: offset + skipped,
-                iov,
-                iovcnt,
-            }),
-            IoOp::Write { offset, dsync, .. } => Some(IoOp::Write {
-                offset: offset + skipped,
-                iov,
-                iovcnt,
+impl Transfer {
+    /// The operation for the bytes after the first `done`, in `data`.
+    fn op(self, done: usize, data: DataBuffers) -> IoOp {
+        let offset = self.offset + done as u64;
+        match self.write {
+            None => IoOp::Read { offset, data },
+            Some(dsync) => IoOp::Write {
+                offset,
+                data,
                 dsync,
-            }),
-            IoOp::Flush | IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => None,
+            },
         }
     }
 }
@@ -627,8 +612,8 @@ impl QueueWorker {
                 IoOp::WriteZeroes { offset, len, unmap }
             }
             RequestKind::Read { offset } | RequestKind::Write { offset } => {
-                match prepare_data(slot, &req, config.buffer_alignment) {
-                    Ok(()) => {}
+                let data = match prepare_data(slot, &req, mem, config.buffer_alignment) {
+                    Ok(data) => data,
                     Err(e) => {
                         limited!(
                             Error,
@@ -638,26 +623,12 @@ impl QueueWorker {
                         write_status(mem, req.status, status::IOERR);
                         return Started::Done(1);
                     }
-                }
-                let (iov, iovcnt) = match &slot.bounce {
-                    Some(b) => (b.iovec() as *const libc::iovec, 1),
-                    None => (slot.iov.as_ptr(), slot.iov.len()),
                 };
-                if matches!(req.kind, RequestKind::Read { .. }) {
-                    IoOp::Read {
-                        offset,
-                        iov,
-                        iovcnt,
-                    }
-                } else {
-                    let dsync = config.honours_flush && !config.write_cache.load(Ordering::Relaxed);
-                    IoOp::Write {
-                        offset,
-                        iov,
-                        iovcnt,
-                        dsync,
-                    }
-                }
+                let write = matches!(req.kind, RequestKind::Write { .. })
+                    .then(|| config.honours_flush && !config.write_cache.load(Ordering::Relaxed));
+                let transfer = Transfer { offset, write };
+                slot.transfer = Some(transfer);
+                transfer.op(0, data)
             }
         };
         slot.busy = true;
@@ -673,13 +644,12 @@ impl QueueWorker {
             1
         };
         slot.mem = Some(mem.clone());
-        slot.data_op = matches!(op, IoOp::Read { .. } | IoOp::Write { .. }).then_some(op);
+        if !matches!(op, IoOp::Read { .. } | IoOp::Write { .. }) {
+            slot.transfer = None;
+        }
         slot.done = 0;
         self.in_flight += 1;
-        // SAFETY: the iovecs (or the bounce buffer) live in the slot, which is not touched
-        // until this head's completion is reaped; the guest memory they point into is kept
-        // mapped by `slot.mem` for the same time.
-        unsafe { self.engine.push(u64::from(head), op) };
+        self.engine.push(u64::from(head), op);
         Started::Submitted
     }
 
@@ -697,7 +667,7 @@ impl QueueWorker {
             );
         }
         let mut resubmitted = false;
-        for c in self.completions.drain(..) {
+        for mut c in self.completions.drain(..) {
             // Tokens are the heads we pushed; anything else is an engine bug, not a crash.
             let head = u16::try_from(c.token).ok();
             let slot = head.and_then(|h| self.slots.get_mut(usize::from(h)));
@@ -717,11 +687,9 @@ impl QueueWorker {
                     // splitting the request): the kernel moved part of it, so do the rest
                     // rather than fail the whole request, as QEMU does.
                     slot.done += n;
-                    if let Some(op) = slot.remainder() {
-                        // SAFETY: the remainder's iovecs live in the slot and point into the
-                        // same buffers as the first push, kept valid by `slot.mem` (or the
-                        // bounce buffer) until this head completes.
-                        unsafe { self.engine.push(c.token, op) };
+                    if let (Some(transfer), Some(mut data)) = (slot.transfer, c.data.take()) {
+                        data.advance(n);
+                        self.engine.push(c.token, transfer.op(slot.done, data));
                         resubmitted = true;
                         continue;
                     }
@@ -742,11 +710,18 @@ impl QueueWorker {
                     false
                 }
             };
-            if let Some(bounce) = slot.bounce.take() {
-                if ok && slot.is_read() {
-                    // SAFETY: the iovecs are guest memory `slot.mem` (still held) keeps mapped.
-                    unsafe { iov::copy_to(&slot.iov, 0, bounce.as_slice()) };
+            let read = slot.transfer.is_some_and(|t| t.write.is_none());
+            match c.data {
+                Some(data) if slot.bounced => {
+                    if let Some(bounce) = data.into_aligned().filter(|_| ok && read) {
+                        // SAFETY: the iovecs are guest memory `slot.mem` (still held) keeps
+                        // mapped.
+                        unsafe { iov::copy_to(&slot.iov, 0, bounce.as_slice()) };
+                    }
                 }
+                // The guest's iovec list, emptied: the next request's, without allocating.
+                Some(data) => slot.iov = data.recycle(),
+                None => {}
             }
             let mem = slot.mem.take().expect("busy slot holds its memory");
             write_status(
@@ -817,25 +792,32 @@ fn write_status(mem: &GuestMemory, addr: GuestAddress, status: u8) {
     }
 }
 
-/// Decides whether the guest's buffers can go to the engine as they are; if not (O_DIRECT
-/// alignment, or more segments than one system call takes), sets up a bounce buffer, filled
+/// The buffers a read or write of `req` goes to the engine with: the guest's own, or (for
+/// O_DIRECT alignment, or more segments than one system call takes) a bounce buffer, filled
 /// with the data for writes.
-fn prepare_data(slot: &mut Slot, req: &Request, alignment: usize) -> std::io::Result<()> {
+fn prepare_data(
+    slot: &mut Slot,
+    req: &Request,
+    mem: &Arc<GuestMemory>,
+    alignment: usize,
+) -> std::io::Result<DataBuffers> {
     let misaligned = alignment > 1
         && slot
             .iov
             .iter()
             .any(|v| (v.iov_base as usize) % alignment != 0 || v.iov_len % alignment != 0);
-    if !misaligned && slot.iov.len() <= IOV_MAX {
-        return Ok(());
+    slot.bounced = misaligned || slot.iov.len() > IOV_MAX;
+    if !slot.bounced {
+        let iovecs = std::mem::take(&mut slot.iov);
+        // SAFETY: the parser built these iovecs from regions of `mem`.
+        return Ok(unsafe { DataBuffers::in_guest(mem.clone(), iovecs) });
     }
     let mut bounce = AlignedBuffer::new(req.data_len)?;
     if matches!(req.kind, RequestKind::Write { .. }) {
         // SAFETY: the parser built these iovecs from mapped guest memory.
         unsafe { iov::copy_from(&slot.iov, bounce.as_mut_slice()) };
     }
-    slot.bounce = Some(bounce);
-    Ok(())
+    Ok(DataBuffers::aligned(bounce))
 }
 
 #[cfg(test)]

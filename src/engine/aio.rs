@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::pending::Pending;
 use super::{drain_eventfd, Completion, Engine, IoOp, ThreadPool};
 
 type AioContext = libc::c_ulong;
@@ -95,6 +96,8 @@ pub struct AioEngine {
     fdsync_in_kernel: bool,
     /// Whether the completion ring can be read in userspace (a known layout).
     user_ring: bool,
+    /// The buffers of every operation in the context, by the user data of its iocb.
+    pending: Pending,
 }
 
 // SAFETY: the raw pointers in `batch_ptrs` only ever point into `batch`, which moves with the
@@ -123,6 +126,7 @@ impl AioEngine {
             helper,
             fdsync_in_kernel: true,
             user_ring: false,
+            pending: Pending::new(usize::from(capacity.max(1))),
         }
         .with_user_ring())
     }
@@ -155,7 +159,7 @@ impl AioEngine {
         while head != tail {
             // SAFETY: `head < nr`, and events[0..nr] follow the header in the mapping.
             let ev = unsafe { std::ptr::read_volatile(events.add(head as usize)) };
-            out.push(Completion::from_raw(ev.data, ev.res));
+            out.extend(self.pending.complete(ev.data, ev.res));
             head = (head + 1) % nr;
         }
         // Hands the slots back to the kernel once we have copied the events out.
@@ -165,17 +169,8 @@ impl AioEngine {
 
     /// A read or write iocb; a single buffer goes as PREAD/PWRITE, sparing the kernel an
     /// iovec import, as QEMU's linux-aio does.
-    fn rw_iocb(
-        &self,
-        token: u64,
-        write: bool,
-        offset: u64,
-        iov: *const libc::iovec,
-        iovcnt: usize,
-    ) -> Iocb {
-        let (opcode, buf, nbytes) = if iovcnt == 1 {
-            // SAFETY: the push contract guarantees one valid iovec at `iov`.
-            let v = unsafe { *iov };
+    fn rw_iocb(&self, user_data: u64, write: bool, offset: u64, iovs: &[libc::iovec]) -> Iocb {
+        let (opcode, buf, nbytes) = if let [v] = iovs {
             let op = if write {
                 IOCB_CMD_PWRITE
             } else {
@@ -188,19 +183,19 @@ impl AioEngine {
             } else {
                 IOCB_CMD_PREADV
             };
-            (op, iov as u64, iovcnt as u64)
+            (op, iovs.as_ptr() as u64, iovs.len() as u64)
         };
         Iocb {
             aio_buf: buf,
             aio_nbytes: nbytes,
             aio_offset: super::file_offset(offset),
-            ..self.iocb(token, opcode)
+            ..self.iocb(user_data, opcode)
         }
     }
 
-    fn iocb(&self, token: u64, opcode: u16) -> Iocb {
+    fn iocb(&self, user_data: u64, opcode: u16) -> Iocb {
         Iocb {
-            aio_data: token,
+            aio_data: user_data,
             aio_lio_opcode: opcode,
             // Descriptors are never negative; were one, the kernel would refuse this iocb
             // (EBADF), failing only its request.
@@ -214,18 +209,20 @@ impl AioEngine {
     /// Handles the iocb the kernel refused at index `i` of the batch.
     fn reject(&mut self, i: usize, err: io::Error) {
         let iocb = self.batch[i];
+        let Some(refused) = self.pending.complete(iocb.aio_data, 0) else {
+            return;
+        };
         if iocb.aio_lio_opcode == IOCB_CMD_FDSYNC && err.raw_os_error() == Some(libc::EINVAL) {
             log::info!(
                 "this file system has no asynchronous fdatasync; flushing on a helper thread"
             );
             self.fdsync_in_kernel = false;
-            // SAFETY: a flush refers to no memory.
-            unsafe { self.helper.push(iocb.aio_data, IoOp::Flush) };
+            self.helper.push(refused.token, IoOp::Flush);
             return;
         }
         self.rejected.push(Completion {
-            token: iocb.aio_data,
             result: Err(err),
+            ..refused
         });
     }
 }
@@ -235,30 +232,40 @@ impl Engine for AioEngine {
         self.eventfd.as_raw_fd()
     }
 
-    unsafe fn push(&mut self, token: u64, op: IoOp) {
-        let iocb = match op {
-            IoOp::Read {
-                offset,
-                iov,
-                iovcnt,
-            } => self.rw_iocb(token, false, offset, iov, iovcnt),
+    fn push(&mut self, token: u64, op: IoOp) {
+        if matches!(op, IoOp::Discard { .. } | IoOp::WriteZeroes { .. })
+            || matches!(op, IoOp::Flush if !self.fdsync_in_kernel)
+        {
+            self.helper.push(token, op);
+            return;
+        }
+        let mut iocb = match &op {
+            IoOp::Read { offset, data } => self.rw_iocb(0, false, *offset, data.iovecs()),
             IoOp::Write {
                 offset,
-                iov,
-                iovcnt,
+                data,
                 dsync,
             } => Iocb {
-                aio_rw_flags: if dsync { libc::RWF_DSYNC } else { 0 },
-                ..self.rw_iocb(token, true, offset, iov, iovcnt)
+                aio_rw_flags: if *dsync { libc::RWF_DSYNC } else { 0 },
+                ..self.rw_iocb(0, true, *offset, data.iovecs())
             },
-            IoOp::Flush if self.fdsync_in_kernel => self.iocb(token, IOCB_CMD_FDSYNC),
             IoOp::Flush | IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => {
-                // SAFETY: forwarded under the same contract our caller accepted.
-                unsafe { self.helper.push(token, op) };
-                return;
+                self.iocb(0, IOCB_CMD_FDSYNC)
             }
         };
-        self.batch.push(iocb);
+        // The iocb points at the buffers (or their iovec list's heap allocation), which stay
+        // where they are while `pending` holds them, until the completion hands them back.
+        match self.pending.insert(token, op.into_data()) {
+            Ok(user_data) => {
+                iocb.aio_data = user_data;
+                self.batch.push(iocb);
+            }
+            Err(data) => self.rejected.push(Completion {
+                token,
+                result: Err(io::Error::from_raw_os_error(libc::EBUSY)),
+                data,
+            }),
+        }
     }
 
     fn submit(&mut self) -> io::Result<()> {
@@ -270,8 +277,8 @@ impl Engine for AioEngine {
             self.batch_ptrs
                 .extend((start..self.batch.len()).map(|i| unsafe { base.add(i) }));
             // SAFETY: `batch_ptrs` holds `len` pointers to initialised iocbs in `batch`, which
-            // is neither moved nor resized during the call; their buffers are valid per the
-            // `Engine::push` contract.
+            // is neither moved nor resized during the call; their buffers are held in
+            // `pending` until the kernel completes them.
             let ret = unsafe {
                 libc::syscall(
                     libc::SYS_io_submit,
@@ -341,7 +348,7 @@ impl Engine for AioEngine {
             out.extend(
                 self.events[..n]
                     .iter()
-                    .map(|ev| Completion::from_raw(ev.data, ev.res)),
+                    .filter_map(|ev| self.pending.complete(ev.data, ev.res)),
             );
             if n < self.events.len() {
                 break;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::{Completion, Engine, IoOp};
+use super::{Completion, DataBuffers, Engine, IoOp};
 use crate::iov;
 use crate::ratelimit::limited;
 use aoe::flow::FlowControl;
@@ -89,8 +89,8 @@ struct Sent {
 
 struct Request {
     token: u64,
-    iov: *const libc::iovec,
-    iovcnt: usize,
+    /// The guest's buffers (none for a flush), handed back with the completion.
+    data: Option<DataBuffers>,
     len: usize,
     pieces_left: usize,
     error: Option<i32>,
@@ -137,11 +137,6 @@ struct Stats {
     frames: u64,
     retransmitted: u64,
 }
-
-// SAFETY: the raw iovec pointers refer to guest memory the worker keeps mapped until the
-// request's completion is reaped (the Engine::push contract); the engine is used by one
-// thread at a time.
-unsafe impl Send for Initiator {}
 
 const SOCKET_EVENT: u64 = 1;
 const RETRANSMIT_EVENT: u64 = 2;
@@ -325,8 +320,12 @@ impl Initiator {
         self.tag_prefix | self.next_tag
     }
 
-    fn complete_now(&mut self, token: u64, result: io::Result<usize>) {
-        self.done.push(Completion { token, result });
+    fn complete_now(&mut self, token: u64, result: io::Result<usize>, data: Option<DataBuffers>) {
+        self.done.push(Completion {
+            token,
+            result,
+            data,
+        });
     }
 
     /// Queues `piece` for sending with a fresh tag.
@@ -376,12 +375,11 @@ impl Initiator {
         frame::encode_ata(&mut head, &header, &arg);
         let data = self.tx.push(head);
         if piece.kind == Kind::Write {
+            // The frame points at the request's buffers, which it holds until its completion;
+            // the engine sends the batch before it hands out any completion.
             let req = self.requests[piece.req].as_ref().expect("live request");
-            // SAFETY: the push contract keeps the request's iovecs valid until completion,
-            // and the engine sends the batch before it hands out any completion.
-            let iovs = unsafe { std::slice::from_raw_parts(req.iov, req.iovcnt) };
             iov::subrange(
-                iovs,
+                req.data.as_ref().map_or(&[], DataBuffers::iovecs),
                 piece.byte_off,
                 usize::from(piece.sectors) * SECTOR,
                 data,
@@ -441,6 +439,7 @@ impl Initiator {
         self.done.push(Completion {
             token: r.token,
             result,
+            data: r.data,
         });
     }
 
@@ -470,9 +469,8 @@ impl Initiator {
             let len = usize::from(piece.sectors) * SECTOR;
             match (data.get(..len), self.requests[piece.req].as_ref()) {
                 (Some(bytes), Some(req)) => {
-                    // SAFETY: the push contract keeps the request's iovecs valid.
-                    let iovs = unsafe { std::slice::from_raw_parts(req.iov, req.iovcnt) };
-                    // SAFETY: as above; the request is live, so its guest memory is mapped.
+                    let iovs = req.data.as_ref().map_or(&[][..], DataBuffers::iovecs);
+                    // SAFETY: the request holds its buffers (`DataBuffers`) until it completes.
                     unsafe { iov::copy_to(iovs, piece.byte_off, bytes) };
                 }
                 (None, _) => error = Some(libc::EIO),
@@ -530,41 +528,23 @@ impl Initiator {
     }
 
     /// Takes a request apart into frame-sized pieces, queued for sending.
-    ///
-    /// # Safety
-    /// As [`Engine::push`]: the iovecs stay valid until the request's completion is reaped.
-    unsafe fn push(&mut self, token: u64, op: IoOp) {
-        let (kind, offset, iov, iovcnt) = match op {
-            IoOp::Read {
-                offset,
-                iov,
-                iovcnt,
-            } => (Kind::Read, offset, iov, iovcnt),
-            IoOp::Write {
-                offset,
-                iov,
-                iovcnt,
-                ..
-            } => (Kind::Write, offset, iov, iovcnt),
-            IoOp::Flush if self.target.flush => (Kind::Flush, 0, std::ptr::null(), 0),
-            IoOp::Flush => return self.complete_now(token, Ok(0)),
+    fn push(&mut self, token: u64, op: IoOp) {
+        let (kind, offset) = match op {
+            IoOp::Read { offset, .. } => (Kind::Read, offset),
+            IoOp::Write { offset, .. } => (Kind::Write, offset),
+            IoOp::Flush if self.target.flush => (Kind::Flush, 0),
+            IoOp::Flush => return self.complete_now(token, Ok(0), None),
             IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => {
-                return self
-                    .complete_now(token, Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)))
+                let unsupported = io::Error::from_raw_os_error(libc::EOPNOTSUPP);
+                return self.complete_now(token, Err(unsupported), None);
             }
         };
-        let len: usize = if iovcnt == 0 {
-            0
-        } else {
-            // SAFETY: the push contract guarantees `iovcnt` valid iovecs.
-            unsafe { std::slice::from_raw_parts(iov, iovcnt) }
-                .iter()
-                .map(|v| v.iov_len)
-                .sum()
-        };
+        let data = op.into_data();
+        let len = data.as_ref().map_or(0, DataBuffers::len);
         let Some(req) = self.free.pop() else {
             // The worker never has more requests in flight than our capacity.
-            return self.complete_now(token, Err(io::Error::from_raw_os_error(libc::EBUSY)));
+            let busy = io::Error::from_raw_os_error(libc::EBUSY);
+            return self.complete_now(token, Err(busy), data);
         };
         let per_frame = usize::from(self.target.sectors_per_frame);
         let sectors = len / SECTOR;
@@ -576,8 +556,7 @@ impl Initiator {
         let deadline = Instant::now() + self.target.deadline;
         self.requests[req] = Some(Request {
             token,
-            iov,
-            iovcnt,
+            data,
             len,
             pieces_left: pieces,
             error: None,
@@ -641,9 +620,8 @@ impl Engine for AoeEngine {
         self.initiator.reply_gathering.is_active()
     }
 
-    unsafe fn push(&mut self, token: u64, op: IoOp) {
-        // SAFETY: the caller upholds the same contract.
-        unsafe { self.initiator.push(token, op) }
+    fn push(&mut self, token: u64, op: IoOp) {
+        self.initiator.push(token, op);
     }
 
     fn submit(&mut self) -> io::Result<()> {
@@ -674,6 +652,7 @@ impl Engine for AoeEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aligned::AlignedBuffer;
     use aoe::frame::{self, Frame};
 
     const OURS: Mac = [2, 0, 0, 0, 0, 1];
@@ -749,36 +728,29 @@ mod tests {
         frame
     }
 
-    /// A read's buffer and the iovec describing it: both on the heap, so they stay where the
-    /// initiator was told they are however this moves.
-    struct ReadBuffer {
-        data: Vec<u8>,
-        _iov: Box<libc::iovec>,
-    }
-
-    /// Pushes a read of `len` bytes at `sector` under `token`; keep the result until the
-    /// request completes.
-    fn push_read(ini: &mut Initiator, token: u64, sector: u64, len: usize) -> ReadBuffer {
-        let mut data = vec![0u8; len];
-        let iov = Box::new(libc::iovec {
-            iov_base: data.as_mut_ptr().cast(),
-            iov_len: len,
-        });
+    /// Pushes a read of `len` bytes at `sector` under `token`, into a buffer of its own that
+    /// comes back with the completion.
+    fn push_read(ini: &mut Initiator, token: u64, sector: u64, len: usize) {
         let op = IoOp::Read {
             offset: sector * SECTOR as u64,
-            iov: &*iov,
-            iovcnt: 1,
+            data: DataBuffers::aligned(AlignedBuffer::new(len).unwrap()),
         };
-        // SAFETY: the returned ReadBuffer owns the buffer and the iovec, whose heap addresses
-        // do not change when it moves; the tests keep it until the request completes.
-        unsafe { ini.push(token, op) };
-        ReadBuffer { data, _iov: iov }
+        ini.push(token, op);
+    }
+
+    /// The bytes a completed read brought back.
+    fn read_back(done: Completion) -> Vec<u8> {
+        let buffer = done.data.and_then(DataBuffers::into_aligned);
+        buffer
+            .expect("a read's buffer comes back")
+            .as_slice()
+            .to_vec()
     }
 
     #[test]
     fn a_read_is_split_into_frames_paced_by_the_window_and_reassembled() {
         let mut ini = initiator(2, 8, Duration::from_secs(60));
-        let buf = push_read(&mut ini, 1, 8, 4096);
+        push_read(&mut ini, 1, 8, 4096);
         let mut per_round = Vec::new();
         while ini.done.is_empty() {
             ini.fill_window();
@@ -791,9 +763,8 @@ mod tests {
         // Slow start: one frame, then two, then the last one of four.
         assert_eq!(per_round, [1, 2, 1]);
         let done = ini.done.pop().unwrap();
-        assert_eq!((done.token, done.result.unwrap()), (1, 4096));
-        assert!(buf
-            .data
+        assert_eq!((done.token, done.result.as_ref().unwrap()), (1, &4096));
+        assert!(read_back(done)
             .iter()
             .enumerate()
             .all(|(i, &b)| b == disk_byte(8 * 512 + i)));
@@ -803,18 +774,14 @@ mod tests {
     fn a_write_carries_the_guest_data_in_its_frames() {
         let mut ini = initiator(2, 8, Duration::from_secs(60));
         let data: Vec<u8> = (0..=255).cycle().step_by(3).take(2048).collect();
-        let iov = libc::iovec {
-            iov_base: data.as_ptr().cast_mut().cast(),
-            iov_len: data.len(),
-        };
+        let mut buffer = AlignedBuffer::new(data.len()).unwrap();
+        buffer.as_mut_slice().copy_from_slice(&data);
         let op = IoOp::Write {
             offset: 0,
-            iov: &iov,
-            iovcnt: 1,
+            data: DataBuffers::aligned(buffer),
             dsync: false,
         };
-        // SAFETY: `data` and `iov` outlive the request.
-        unsafe { ini.push(5, op) };
+        ini.push(5, op);
         let mut sent = Vec::new();
         while ini.done.is_empty() {
             ini.fill_window();
@@ -834,10 +801,8 @@ mod tests {
     #[test]
     fn an_error_reply_fails_only_its_request() {
         let mut ini = initiator(2, 8, Duration::from_secs(60));
-        let _bufs = [
-            push_read(&mut ini, 0, 0, 512),
-            push_read(&mut ini, 1, 1, 512),
-        ];
+        push_read(&mut ini, 0, 0, 512);
+        push_read(&mut ini, 1, 1, 512);
         ini.fill_window();
         let (first, _) = ini.tx.take_frames().remove(0);
         ini.handle_reply(&answer(&first, ATA_STATUS_ERR, 0));
@@ -855,7 +820,7 @@ mod tests {
     #[test]
     fn replies_that_are_not_ours_or_come_twice_are_ignored() {
         let mut ini = initiator(2, 8, Duration::from_secs(60));
-        let _buf = push_read(&mut ini, 9, 3, 512);
+        push_read(&mut ini, 9, 3, 512);
         ini.fill_window();
         let (head, _) = ini.tx.take_frames().remove(0);
         let good = answer(&head, 0x40, 0);
@@ -880,7 +845,7 @@ mod tests {
     #[test]
     fn a_lost_frame_is_sent_again_under_a_new_tag_and_the_old_one_is_forgotten() {
         let mut ini = initiator(2, 8, Duration::from_secs(60));
-        let _buf = push_read(&mut ini, 4, 0, 512);
+        push_read(&mut ini, 4, 0, 512);
         ini.fill_window();
         let (lost, _) = ini.tx.take_frames().remove(0);
         // Its retransmission timeout passes.
@@ -902,7 +867,7 @@ mod tests {
     #[test]
     fn a_request_unanswered_past_its_deadline_fails_and_its_frames_are_dropped() {
         let mut ini = initiator(2, 8, Duration::ZERO);
-        let _buf = push_read(&mut ini, 6, 0, 1024);
+        push_read(&mut ini, 6, 0, 1024);
         ini.fill_window();
         let (head, _) = ini.tx.take_frames().remove(0);
         ini.handle_timeouts();

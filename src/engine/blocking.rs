@@ -16,17 +16,17 @@ use super::IoOp;
 /// Runs `op` on `fd` and returns the bytes moved.
 pub(super) fn execute(fd: RawFd, op: &IoOp) -> io::Result<usize> {
     match *op {
-        IoOp::Read {
-            offset,
-            iov,
-            iovcnt,
-        } => transfer(fd, offset, iov, iovcnt, Direction::Read),
-        IoOp::Write {
-            offset,
-            iov,
-            iovcnt,
-            dsync,
-        } => transfer(fd, offset, iov, iovcnt, Direction::Write { dsync }),
+        IoOp::Read { offset, ref data }
+        | IoOp::Write {
+            offset, ref data, ..
+        } => {
+            let dir = match *op {
+                IoOp::Write { dsync, .. } => Direction::Write { dsync },
+                _ => Direction::Read,
+            };
+            // SAFETY: the operation owns its buffers (`DataBuffers`) for the whole call.
+            unsafe { transfer(fd, offset, data.iovecs(), dir) }
+        }
         IoOp::Flush => {
             // SAFETY: fdatasync takes a plain fd and touches no memory of ours.
             SyscallReturnCode(unsafe { libc::fdatasync(fd) }).into_result()?;
@@ -67,23 +67,25 @@ enum Direction {
 
 /// One `preadv2`/`pwritev2`: returns the bytes moved, which may be fewer than asked (the
 /// worker resubmits the rest, for every engine alike).
-fn transfer(
+///
+/// # Safety
+/// Every iovec must describe memory valid for the transfer's access for the whole call.
+unsafe fn transfer(
     fd: RawFd,
     offset: u64,
-    iov: *const libc::iovec,
-    iovcnt: usize,
+    iovs: &[libc::iovec],
     dir: Direction,
 ) -> io::Result<usize> {
     let pos = super::file_offset(offset);
-    let cnt = i32::try_from(iovcnt).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: the engine contract (Engine::push) guarantees `iov` points to `iovcnt` valid
-    // iovecs whose buffers stay valid for the life of the operation.
+    // Fewer buffers if the list were too long: a short transfer (it is at most IOV_MAX).
+    let cnt = i32::try_from(iovs.len()).unwrap_or(i32::MAX);
+    // SAFETY: the caller guarantees the iovecs; `cnt` is at most their number.
     let moved = SyscallReturnCode(unsafe {
         match dir {
-            Direction::Read => libc::preadv2(fd, iov, cnt, pos, 0),
+            Direction::Read => libc::preadv2(fd, iovs.as_ptr(), cnt, pos, 0),
             Direction::Write { dsync } => {
                 let flags = if dsync { libc::RWF_DSYNC } else { 0 };
-                libc::pwritev2(fd, iov, cnt, pos, flags)
+                libc::pwritev2(fd, iovs.as_ptr(), cnt, pos, flags)
             }
         }
     })
@@ -125,13 +127,15 @@ fn write_zeroes_by_hand(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
             iov_len: usize::try_from(len - done)
                 .map_or(zeroes.iov_len, |rest| rest.min(zeroes.iov_len)),
         };
-        let written = transfer(
-            fd,
-            offset + done,
-            &iov,
-            1,
-            Direction::Write { dsync: false },
-        )?;
+        // SAFETY: `iov` is a prefix of the zero buffer, which lives for the whole program.
+        let written = unsafe {
+            transfer(
+                fd,
+                offset + done,
+                std::slice::from_ref(&iov),
+                Direction::Write { dsync: false },
+            )
+        }?;
         if written == 0 {
             return Err(io::Error::from(io::ErrorKind::WriteZero));
         }

@@ -6,8 +6,13 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryBackend as _;
+
 use super::*;
 use crate::aligned::AlignedBuffer;
+use crate::GuestMemory;
 
 const FILE_BYTES: u64 = 1 << 20;
 const CAPACITY: u16 = 64;
@@ -75,35 +80,39 @@ fn subjects() -> Vec<(&'static str, tempfile::TempDir, Subject)> {
 
 impl Subject {
     /// Pushes `ops`, submits, and waits for all their completions (in token order).
-    ///
-    /// # Safety
-    /// The buffers the operations refer to must stay valid until this returns.
-    unsafe fn run(&mut self, ops: &[(u64, IoOp)]) -> Vec<(u64, io::Result<usize>)> {
-        for &(token, op) in ops {
-            // SAFETY: per this function's contract.
-            unsafe { self.engine.push(token, op) };
+    fn run(&mut self, ops: Vec<(u64, IoOp)>) -> Vec<Completion> {
+        let count = ops.len();
+        for (token, op) in ops {
+            self.engine.push(token, op);
         }
         self.engine.submit().unwrap();
         let mut done = Vec::new();
         for _ in 0..100 {
             self.engine.reap(&mut done).unwrap();
-            if done.len() >= ops.len() {
+            if done.len() >= count {
                 break;
             }
             wait_for_completions(&*self.engine, 100).unwrap();
         }
-        assert_eq!(done.len(), ops.len(), "not every operation completed");
-        let mut out: Vec<_> = done.into_iter().map(|c| (c.token, c.result)).collect();
-        out.sort_by_key(|(token, _)| *token);
-        out
+        assert_eq!(done.len(), count, "not every operation completed");
+        done.sort_by_key(|c| c.token);
+        done
+    }
+
+    /// Runs one operation.
+    fn one(&mut self, token: u64, op: IoOp) -> Completion {
+        self.run(vec![(token, op)]).remove(0)
     }
 }
 
-fn bytes(results: &[(u64, io::Result<usize>)]) -> Vec<usize> {
-    results
-        .iter()
-        .map(|(_, r)| *r.as_ref().expect("operation failed"))
-        .collect()
+fn bytes(done: &Completion) -> usize {
+    *done.result.as_ref().expect("operation failed")
+}
+
+/// What a read brought back in its own buffer.
+fn read_back(done: Completion) -> AlignedBuffer {
+    let buffer = done.data.and_then(DataBuffers::into_aligned);
+    buffer.expect("a read's buffer comes back")
 }
 
 fn pattern(len: usize, seed: u8) -> AlignedBuffer {
@@ -114,41 +123,55 @@ fn pattern(len: usize, seed: u8) -> AlignedBuffer {
     buf
 }
 
+fn read(offset: u64, len: usize) -> IoOp {
+    IoOp::Read {
+        offset,
+        data: DataBuffers::aligned(AlignedBuffer::new(len).unwrap()),
+    }
+}
+
 #[test]
-fn written_data_reads_back_through_two_segments() {
+fn written_data_reads_back_through_two_segments_of_guest_memory() {
     for (name, _dir, mut s) in subjects() {
         let data = pattern(64 << 10, 7);
         let half = 32 << 10;
-        let base = data.iovec().iov_base.cast::<u8>();
-        let write_iov = [
+        let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 10)]).unwrap();
+        let region = mem.iter().next().unwrap();
+        // SAFETY: the region is mapped, 64 KiB long, and nothing else uses it yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_slice().as_ptr(), region.as_ptr(), 64 << 10)
+        };
+        let iovecs = vec![
             libc::iovec {
-                iov_base: base.cast(),
+                iov_base: region.as_ptr().cast(),
                 iov_len: half,
             },
             libc::iovec {
-                iov_base: base.wrapping_add(half).cast(),
+                iov_base: region.as_ptr().wrapping_add(half).cast(),
                 iov_len: half,
             },
         ];
-        let back = AlignedBuffer::new(64 << 10).unwrap();
+        // SAFETY: both iovecs lie in the one region of `mem`.
+        let guest = unsafe { DataBuffers::in_guest(Arc::new(mem.clone()), iovecs) };
         let write = IoOp::Write {
             offset: 4096,
-            iov: write_iov.as_ptr(),
-            iovcnt: 2,
+            data: guest,
             dsync: false,
         };
-        let read = IoOp::Read {
-            offset: 4096,
-            iov: back.iovec(),
-            iovcnt: 1,
-        };
-        // SAFETY: the buffers and iovec arrays live until the end of the loop body.
-        unsafe {
-            assert_eq!(bytes(&s.run(&[(1, write)])), [64 << 10], "{name}");
-            assert_eq!(bytes(&s.run(&[(2, read)])), [64 << 10], "{name}");
-        }
+        let written = s.one(1, write);
+        assert_eq!(bytes(&written), 64 << 10, "{name}");
+        assert_eq!(
+            written.data.map(|d| d.len()),
+            Some(64 << 10),
+            "{name}: buffers back"
+        );
+        let back = s.one(2, read(4096, 64 << 10));
+        assert_eq!(bytes(&back), 64 << 10, "{name}");
         if s.moves_data {
-            assert!(back.as_slice() == data.as_slice(), "{name}: data differs");
+            assert!(
+                read_back(back).as_slice() == data.as_slice(),
+                "{name}: data differs"
+            );
         }
     }
 }
@@ -156,30 +179,21 @@ fn written_data_reads_back_through_two_segments() {
 #[test]
 fn a_full_window_in_flight_completes_every_operation_once() {
     for (name, _dir, mut s) in subjects() {
-        let bufs: Vec<_> = (0..CAPACITY)
-            .map(|_| AlignedBuffer::new(4096).unwrap())
+        let ops = (0..CAPACITY)
+            .map(|i| (u64::from(i), read(u64::from(i) * 8192, 4096)))
             .collect();
-        let ops: Vec<_> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let op = IoOp::Read {
-                    offset: i as u64 * 8192,
-                    iov: b.iovec(),
-                    iovcnt: 1,
-                };
-                (i as u64, op)
-            })
-            .collect();
-        // SAFETY: `bufs` outlives the call.
-        let results = unsafe { s.run(&ops) };
-        let tokens: Vec<u64> = results.iter().map(|(t, _)| *t).collect();
+        let results = s.run(ops);
+        let tokens: Vec<u64> = results.iter().map(|c| c.token).collect();
         assert_eq!(
             tokens,
             (0..u64::from(CAPACITY)).collect::<Vec<_>>(),
             "{name}"
         );
-        assert!(bytes(&results).iter().all(|&n| n == 4096), "{name}");
+        assert!(results.iter().all(|c| bytes(c) == 4096), "{name}");
+        assert!(
+            results.iter().all(|c| c.data.is_some()),
+            "{name}: buffers back"
+        );
     }
 }
 
@@ -187,18 +201,13 @@ fn a_full_window_in_flight_completes_every_operation_once() {
 fn flush_dsync_discard_and_write_zeroes_complete_and_zero() {
     for (name, _dir, mut s) in subjects() {
         let data = pattern(16 << 10, 3);
-        let back = AlignedBuffer::new(16 << 10).unwrap();
+        let want = data.as_slice().to_vec();
         let write = IoOp::Write {
             offset: 0,
-            iov: data.iovec(),
-            iovcnt: 1,
+            data: DataBuffers::aligned(data),
             dsync: true,
         };
-        let read = IoOp::Read {
-            offset: 0,
-            iov: back.iovec(),
-            iovcnt: 1,
-        };
+        assert_eq!(bytes(&s.one(1, write)), 16 << 10, "{name}");
         let ops = [
             IoOp::Discard {
                 offset: 0,
@@ -211,17 +220,17 @@ fn flush_dsync_discard_and_write_zeroes_complete_and_zero() {
             },
             IoOp::Flush,
         ];
-        // SAFETY: the buffers live until the end of the loop body.
-        unsafe {
-            assert_eq!(bytes(&s.run(&[(1, write)])), [16 << 10], "{name}");
-            for (token, op) in (2..).zip(ops) {
-                assert_eq!(bytes(&s.run(&[(token, op)])), [0], "{name}: {op:?}");
-            }
-            assert_eq!(bytes(&s.run(&[(9, read)])), [16 << 10], "{name}");
+        for (token, op) in (2..).zip(ops) {
+            let what = format!("{op:?}");
+            let done = s.one(token, op);
+            assert_eq!(bytes(&done), 0, "{name}: {what}");
+            assert!(done.data.is_none(), "{name}: {what}");
         }
+        let back = s.one(9, read(0, 16 << 10));
+        assert_eq!(bytes(&back), 16 << 10, "{name}");
         if s.moves_data {
+            let back = read_back(back);
             let got = back.as_slice();
-            let want = data.as_slice();
             assert!(got[..4096].iter().all(|&b| b == 0), "{name}: discard");
             assert!(got[4096..8192] == want[4096..8192], "{name}: untouched");
             assert!(got[8192..12288].iter().all(|&b| b == 0), "{name}: zeroes");
@@ -233,14 +242,7 @@ fn flush_dsync_discard_and_write_zeroes_complete_and_zero() {
 #[test]
 fn a_read_across_the_end_of_the_file_returns_what_exists() {
     for (name, _dir, mut s) in subjects() {
-        let back = AlignedBuffer::new(8192).unwrap();
-        let read = IoOp::Read {
-            offset: FILE_BYTES - 4096,
-            iov: back.iovec(),
-            iovcnt: 1,
-        };
-        // SAFETY: `back` outlives the call.
-        let n = bytes(&unsafe { s.run(&[(1, read)]) })[0];
+        let n = bytes(&s.one(1, read(FILE_BYTES - 4096, 8192)));
         // A short transfer, which the worker completes by resubmitting the rest.
         let want = if s.moves_data { 4096 } else { 8192 };
         assert_eq!(n, want, "{name}");

@@ -7,7 +7,8 @@
 //! written once.
 //!
 //! The contract, shaped by what makes each mechanism fast:
-//! - [`Engine::push`] only records an operation; nothing reaches the kernel until
+//! - [`Engine::push`] only records an operation, which owns its buffers ([`DataBuffers`]);
+//!   they come back with its [`Completion`]. Nothing reaches the kernel until
 //!   [`Engine::submit`], which hands the whole batch over with as few system calls as the
 //!   mechanism allows (one `io_uring_enter`, one `io_submit`, one condition-variable wake-up).
 //! - [`Engine::completion_fd`] is an eventfd that becomes readable when [`Engine::reap`] has
@@ -26,12 +27,15 @@ use std::os::fd::RawFd;
 mod aio;
 mod aoe;
 mod blocking;
+mod buffers;
 mod null;
+mod pending;
 mod threads;
 mod uring;
 
 pub use aio::AioEngine;
 pub use aoe::{AoeEngine, AoeTarget};
+pub use buffers::DataBuffers;
 pub use null::NullEngine;
 pub use threads::ThreadPool;
 pub use uring::{probe_io_uring, UringEngine};
@@ -41,20 +45,15 @@ pub use uring::{probe_io_uring, UringEngine};
 /// Offsets and lengths stay within the disk's capacity, which the worker checks every request
 /// against; a file's capacity fits `off_t`, so the engines' conversions to it cannot fail for
 /// an operation the worker built ([`file_offset`]).
-///
-/// `Read` and `Write` carry an iovec array describing the buffers; the caller of
-/// [`Engine::push`] guarantees that array and the memory it points to outlive the operation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum IoOp {
     Read {
         offset: u64,
-        iov: *const libc::iovec,
-        iovcnt: usize,
+        data: DataBuffers,
     },
     Write {
         offset: u64,
-        iov: *const libc::iovec,
-        iovcnt: usize,
+        data: DataBuffers,
         /// Make this write durable before completing it (`RWF_DSYNC`): how a disabled write
         /// cache (the guest's WCE bit off) is honoured.
         dsync: bool,
@@ -62,28 +61,58 @@ pub enum IoOp {
     /// `fdatasync`.
     Flush,
     /// Deallocate a range; reads of it return zeroes afterwards (punch hole).
-    Discard { offset: u64, len: u64 },
+    Discard {
+        offset: u64,
+        len: u64,
+    },
     /// Make a range read as zeroes; `unmap` allows deallocating it.
-    WriteZeroes { offset: u64, len: u64, unmap: bool },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    },
 }
 
-/// A finished operation: the token given to [`Engine::push`] and the number of bytes moved or
-/// the error.
-#[derive(Debug)]
+impl IoOp {
+    /// The buffers of a read or write, taken out of it.
+    pub fn into_data(self) -> Option<DataBuffers> {
+        match self {
+            IoOp::Read { data, .. } | IoOp::Write { data, .. } => Some(data),
+            IoOp::Flush | IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => None,
+        }
+    }
+}
+
+/// A finished operation: the token given to [`Engine::push`], the number of bytes moved or
+/// the error, and the buffers of a read or write, handed back.
 pub struct Completion {
     pub token: u64,
     pub result: io::Result<usize>,
+    pub data: Option<DataBuffers>,
 }
 
 impl Completion {
     /// Builds a completion from a kernel-style result: bytes when non-negative, `-errno` when
     /// negative.
-    pub fn from_raw(token: u64, res: i64) -> Self {
+    pub fn from_raw(token: u64, res: i64, data: Option<DataBuffers>) -> Self {
         let result = usize::try_from(res).map_err(|_| {
             let errno = res.checked_neg().and_then(|e| i32::try_from(e).ok());
             io::Error::from_raw_os_error(errno.unwrap_or(libc::EIO))
         });
-        Completion { token, result }
+        Completion {
+            token,
+            result,
+            data,
+        }
+    }
+
+    /// `op`, failed with `err` before it reached the disk.
+    pub fn failed(token: u64, op: IoOp, err: io::Error) -> Self {
+        Completion {
+            token,
+            result: Err(err),
+            data: op.into_data(),
+        }
     }
 }
 
@@ -92,14 +121,10 @@ pub trait Engine: Send {
     /// An eventfd that is readable whenever [`Engine::reap`] may return completions.
     fn completion_fd(&self) -> RawFd;
 
-    /// Records `op` for the next [`Engine::submit`]. The engine never holds more operations
-    /// than the capacity it was created with; the worker guarantees that bound.
-    ///
-    /// # Safety
-    /// Every buffer `op` refers to — the iovec array and the memory each iovec describes — must
-    /// stay valid, and must not be otherwise accessed in a conflicting way, until the completion
-    /// carrying `token` has been returned by [`Engine::reap`].
-    unsafe fn push(&mut self, token: u64, op: IoOp);
+    /// Records `op` for the next [`Engine::submit`]; its buffers come back with its
+    /// completion. The engine never holds more operations than the capacity it was created
+    /// with; the worker guarantees that bound.
+    fn push(&mut self, token: u64, op: IoOp);
 
     /// Hands every pushed operation to the kernel (or the pool). Per-operation failures are
     /// reported as completions, not here; an error here means the engine itself is broken.

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Completion, Engine, IoOp};
+use super::{Completion, DataBuffers, Engine, IoOp};
 
 pub struct NullEngine {
     done: Vec<Completion>,
@@ -29,20 +29,12 @@ impl Engine for NullEngine {
         self.eventfd.as_raw_fd()
     }
 
-    unsafe fn push(&mut self, token: u64, op: IoOp) {
-        let bytes = match op {
-            IoOp::Read { iov, iovcnt, .. } | IoOp::Write { iov, iovcnt, .. } => {
-                // SAFETY: the push contract guarantees `iovcnt` valid iovecs at `iov`.
-                unsafe { std::slice::from_raw_parts(iov, iovcnt) }
-                    .iter()
-                    .map(|v| v.iov_len)
-                    .sum()
-            }
-            IoOp::Flush | IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => 0,
-        };
+    fn push(&mut self, token: u64, op: IoOp) {
+        let data = op.into_data();
         self.done.push(Completion {
             token,
-            result: Ok(bytes),
+            result: Ok(data.as_ref().map_or(0, DataBuffers::len)),
+            data,
         });
     }
 

@@ -24,10 +24,6 @@ struct Job {
     op: IoOp,
 }
 
-// SAFETY: a job's raw pointers refer to buffers the submitter keeps valid until the job's
-// completion is reaped (the `Engine::push` contract), so another thread may use them meanwhile.
-unsafe impl Send for Job {}
-
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
@@ -115,6 +111,7 @@ fn run(shared: &Shared) {
             done.push(Completion {
                 token: job.token,
                 result,
+                data: job.op.into_data(),
             });
             done.len() == 1
         };
@@ -131,7 +128,7 @@ impl Engine for ThreadPool {
         self.completion_fd
     }
 
-    unsafe fn push(&mut self, token: u64, op: IoOp) {
+    fn push(&mut self, token: u64, op: IoOp) {
         self.batch.push(Job { token, op });
     }
 

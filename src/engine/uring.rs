@@ -28,6 +28,7 @@ use io_uring::{opcode, squeue, types, IoUring, Probe};
 use vm_memory::GuestMemoryBackend as _;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::pending::Pending;
 use super::{drain_eventfd, Completion, Engine, IoOp, ThreadPool};
 use crate::ratelimit::limited;
 use crate::GuestMemory;
@@ -40,6 +41,10 @@ pub struct UringEngine {
     /// Entries pushed but not yet submitted.
     unsubmitted: usize,
     fixed: FixedBuffers,
+    /// The buffers of every operation in the ring, by the user data of its entry.
+    pending: Pending,
+    /// Operations refused before reaching the ring, reported at the next reap.
+    rejected: Vec<Completion>,
 }
 
 /// The kernel's limit on one registered buffer.
@@ -139,6 +144,8 @@ impl UringEngine {
             helper,
             unsubmitted: 0,
             fixed,
+            pending: Pending::new(usize::from(capacity.max(1))),
+            rejected: Vec::new(),
         })
     }
 
@@ -209,19 +216,20 @@ impl UringEngine {
 
     /// Takes every completion queue entry and the helper's finished jobs.
     fn collect(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.rejected);
+        let pending = &mut self.pending;
         out.extend(
             self.ring
                 .completion()
-                .map(|cqe| Completion::from_raw(cqe.user_data(), i64::from(cqe.result()))),
+                .filter_map(|cqe| pending.complete(cqe.user_data(), i64::from(cqe.result()))),
         );
         self.helper.collect(out);
     }
 
     fn push_entry(&mut self, entry: squeue::Entry) {
-        // SAFETY (of the push): the entry's buffers are valid until completion per the
-        // `Engine::push` contract, checked by our caller.
         loop {
-            // SAFETY: see above; the entry refers only to memory the caller keeps valid.
+            // SAFETY: the entry's buffers are held in `pending` until the kernel completes it
+            // (and the registered disk fd lives as long as the ring).
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 self.unsubmitted += 1;
                 return;
@@ -260,15 +268,10 @@ impl Engine for UringEngine {
         }
     }
 
-    unsafe fn push(&mut self, token: u64, op: IoOp) {
-        let entry = match op {
-            IoOp::Read {
-                offset,
-                iov,
-                iovcnt,
-            } => {
-                // SAFETY: the push contract guarantees `iovcnt` valid iovecs at `iov`.
-                let iovs = unsafe { std::slice::from_raw_parts(iov, iovcnt) };
+    fn push(&mut self, token: u64, op: IoOp) {
+        let entry = match &op {
+            IoOp::Read { offset, data } => {
+                let iovs = data.iovecs();
                 let (iovcnt, first_len) = ring_lengths(iovs);
                 match self.fixed.index_of(iovs) {
                     Some(index) if iovcnt == 1 => opcode::ReadFixed::new(
@@ -277,26 +280,26 @@ impl Engine for UringEngine {
                         first_len,
                         index,
                     )
-                    .offset(offset)
+                    .offset(*offset)
                     .build(),
-                    Some(index) => opcode::ReadvFixed::new(FIXED_DISK, iov, iovcnt, index)
-                        .offset(offset)
-                        .build(),
-                    None => opcode::Readv::new(FIXED_DISK, iov, iovcnt)
-                        .offset(offset)
+                    Some(index) => {
+                        opcode::ReadvFixed::new(FIXED_DISK, iovs.as_ptr(), iovcnt, index)
+                            .offset(*offset)
+                            .build()
+                    }
+                    None => opcode::Readv::new(FIXED_DISK, iovs.as_ptr(), iovcnt)
+                        .offset(*offset)
                         .build(),
                 }
             }
             IoOp::Write {
                 offset,
-                iov,
-                iovcnt,
+                data,
                 dsync,
             } => {
-                // SAFETY: as for reads.
-                let iovs = unsafe { std::slice::from_raw_parts(iov, iovcnt) };
+                let iovs = data.iovecs();
                 let (iovcnt, first_len) = ring_lengths(iovs);
-                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                let flags = if *dsync { libc::RWF_DSYNC } else { 0 };
                 match self.fixed.index_of(iovs) {
                     Some(index) if iovcnt == 1 => opcode::WriteFixed::new(
                         FIXED_DISK,
@@ -304,15 +307,17 @@ impl Engine for UringEngine {
                         first_len,
                         index,
                     )
-                    .offset(offset)
+                    .offset(*offset)
                     .rw_flags(flags)
                     .build(),
-                    Some(index) => opcode::WritevFixed::new(FIXED_DISK, iov, iovcnt, index)
-                        .offset(offset)
-                        .rw_flags(flags)
-                        .build(),
-                    None => opcode::Writev::new(FIXED_DISK, iov, iovcnt)
-                        .offset(offset)
+                    Some(index) => {
+                        opcode::WritevFixed::new(FIXED_DISK, iovs.as_ptr(), iovcnt, index)
+                            .offset(*offset)
+                            .rw_flags(flags)
+                            .build()
+                    }
+                    None => opcode::Writev::new(FIXED_DISK, iovs.as_ptr(), iovcnt)
+                        .offset(*offset)
                         .rw_flags(flags)
                         .build(),
                 }
@@ -321,12 +326,20 @@ impl Engine for UringEngine {
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
             IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => {
-                // SAFETY: forwarded under the same contract our caller accepted.
-                unsafe { self.helper.push(token, op) };
+                self.helper.push(token, op);
                 return;
             }
         };
-        self.push_entry(entry.user_data(token));
+        // The entry points at the iovec list's heap allocation, which stays where it is while
+        // `pending` holds the buffers, until the completion hands them back.
+        match self.pending.insert(token, op.into_data()) {
+            Ok(user_data) => self.push_entry(entry.user_data(user_data)),
+            Err(data) => self.rejected.push(Completion {
+                token,
+                result: Err(io::Error::from_raw_os_error(libc::EBUSY)),
+                data,
+            }),
+        }
     }
 
     fn submit(&mut self) -> io::Result<()> {

@@ -53,33 +53,22 @@ impl Engine for ScriptedEngine {
         self.eventfd.as_raw_fd()
     }
 
-    unsafe fn push(&mut self, token: u64, op: IoOp) {
+    fn push(&mut self, token: u64, op: IoOp) {
         let mut script = self.script.lock().unwrap();
         if let Some(hook) = &mut script.on_push {
             hook();
         }
-        let result = match op {
-            IoOp::Read {
-                offset,
-                iov,
-                iovcnt,
-            }
-            | IoOp::Write {
-                offset,
-                iov,
-                iovcnt,
-                ..
-            } => {
-                // SAFETY: the push contract guarantees `iovcnt` valid iovecs at `iov`.
-                let iovs = unsafe { std::slice::from_raw_parts(iov, iovcnt) };
-                let asked: usize = iovs.iter().map(|v| v.iov_len).sum();
+        let result = match &op {
+            IoOp::Read { offset, data } | IoOp::Write { offset, data, .. } => {
+                let iovs = data.iovecs();
+                let asked = data.len();
                 script
                     .pushed
-                    .push((offset, asked, iovs[0].iov_base as usize));
+                    .push((*offset, asked, iovs[0].iov_base as usize));
                 let n = asked.min(script.max_transfer);
-                let start = usize::try_from(offset).unwrap();
+                let start = usize::try_from(*offset).unwrap();
                 let range = &mut script.disk[start..start + n];
-                // SAFETY: the iovecs describe memory the worker keeps valid until completion.
+                // SAFETY: the operation owns its buffers until its completion.
                 unsafe {
                     if matches!(op, IoOp::Write { .. }) {
                         iov::copy_from(iovs, range);
@@ -94,8 +83,8 @@ impl Engine for ScriptedEngine {
                 0
             }
             IoOp::Discard { offset, len } | IoOp::WriteZeroes { offset, len, .. } => {
-                let start = usize::try_from(offset).unwrap();
-                script.disk[start..start + usize::try_from(len).unwrap()].fill(0);
+                let start = usize::try_from(*offset).unwrap();
+                script.disk[start..start + usize::try_from(*len).unwrap()].fill(0);
                 0
             }
         };
@@ -103,7 +92,11 @@ impl Engine for ScriptedEngine {
             Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
             None => Ok(result),
         };
-        script.held.push(Completion { token, result });
+        script.held.push(Completion {
+            token,
+            result,
+            data: op.into_data(),
+        });
     }
 
     fn submit(&mut self) -> std::io::Result<()> {
