@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use vblkd::daemon::{self, ServeOptions};
 use vblkd::disk::{
-    AioMode, AoeDisk, CacheMode, Disk, FileDisk, FileDiskOptions, NullDisk, SERIAL_LEN,
+    AioMode, AoeDisk, CacheMode, Disk, FileDisk, FileDiskOptions, NullDisk, RbdDisk, SERIAL_LEN,
 };
 
 #[derive(Parser)]
@@ -41,8 +41,9 @@ struct ServeArgs {
     /// The vhost-user unix socket to listen on (replaced if it exists).
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
-    /// A regular file or a block device; null:SIZE, a disk that does no I/O; or
-    /// aoe://IFACE/e<shelf>.<slot>, an ATA-over-Ethernet target (e.g. vblade).
+    /// A regular file or a block device; null:SIZE, a disk that does no I/O;
+    /// aoe://IFACE/e<shelf>.<slot>, an ATA-over-Ethernet target (e.g. vblade); or
+    /// rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER], a Ceph RBD image.
     #[arg(long, value_name = "PATH")]
     disk: PathBuf,
     /// Create the file with this size, or grow it (sparse); suffixes K, M, G, T (powers of 1024).
@@ -77,6 +78,13 @@ struct ServeArgs {
     /// AoE disks: fail a request still unanswered after this many seconds.
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     aoe_deadline: f64,
+    /// RBD disks: give up reaching the Ceph cluster at start after this many seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    connect_timeout: u64,
+    /// Which of [`LOCAL_DISK_OPTIONS`] the user gave (not defaults), to refuse them where they
+    /// do not apply.
+    #[arg(skip)]
+    explicit: Vec<&'static str>,
     /// Threads per queue for --aio threads.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
@@ -114,8 +122,36 @@ fn parse_serial(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Options for a local file or block device only, refused with other disks when given.
+const LOCAL_DISK_OPTIONS: [&str; 5] = ["aio", "cache", "size", "threads", "fixed_buffers"];
+
 fn open_disk(args: &ServeArgs) -> Result<Arc<dyn Disk>, Box<dyn std::error::Error>> {
     let spec = args.disk.to_str().unwrap_or_default();
+    if spec.starts_with("rbd:") {
+        if let Some(option) = args.explicit.first() {
+            return Err(format!(
+                "--{} applies to files and block devices, not to an RBD disk (librbd does its I/O, with its cache off); leave it out",
+                option.replace('_', "-")
+            )
+            .into());
+        }
+        let timeout = std::time::Duration::from_secs(args.connect_timeout);
+        let disk = RbdDisk::open(
+            spec,
+            args.read_only,
+            args.logical_block_size,
+            args.serial.as_deref(),
+            timeout,
+        )?;
+        let info = disk.info();
+        log::info!(
+            "serving RBD image {} ({} bytes{})",
+            disk.name(),
+            info.capacity,
+            if info.read_only { ", read-only" } else { "" }
+        );
+        return Ok(Arc::new(disk));
+    }
     if spec.starts_with("aoe://") {
         if !(args.aoe_deadline > 0.0 && args.aoe_deadline.is_finite()) {
             return Err("--aoe-deadline must be a positive number of seconds".into());
@@ -207,7 +243,19 @@ fn bench(args: &[OsString]) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Serve(args), Some(serve)) =
+        (&mut cli.command, matches.subcommand_matches("serve"))
+    {
+        args.explicit = serve
+            .ids()
+            .filter(|id| {
+                serve.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+            })
+            .filter_map(|id| LOCAL_DISK_OPTIONS.into_iter().find(|o| *o == id.as_str()))
+            .collect();
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),

@@ -3,7 +3,7 @@
 //! A backend describes the disk the guest sees ([`DiskInfo`]) and builds one I/O engine per
 //! queue worker ([`Disk::engine`]). The local file/block-device backend lives in [`file`], a
 //! disk that does no I/O (for measuring the daemon itself) in [`NullDisk`], a remote ATA over
-//! Ethernet target in [`AoeDisk`].
+//! Ethernet target in [`AoeDisk`], a Ceph RBD image in [`RbdDisk`].
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,10 +13,12 @@ use crate::engine::Engine;
 mod aoe;
 pub mod file;
 mod null;
+mod rbd;
 
 pub use aoe::AoeDisk;
 pub use file::{AioMode, CacheMode, FileDisk, FileDiskOptions};
 pub use null::NullDisk;
+pub use rbd::RbdDisk;
 
 /// Longest serial number virtio-blk's GET_ID can return.
 pub const SERIAL_LEN: usize = 20;

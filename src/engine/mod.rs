@@ -30,6 +30,7 @@ mod blocking;
 mod buffers;
 mod null;
 mod pending;
+mod rbd;
 mod threads;
 mod uring;
 
@@ -37,6 +38,7 @@ pub use aio::AioEngine;
 pub use aoe::{AoeEngine, AoeTarget};
 pub use buffers::DataBuffers;
 pub use null::NullEngine;
+pub use rbd::RbdEngine;
 pub use threads::ThreadPool;
 pub use uring::{probe_io_uring, UringEngine};
 

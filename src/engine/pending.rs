@@ -36,6 +36,15 @@ impl Pending {
         Ok(index as u64)
     }
 
+    /// The buffers kept for `user_data`.
+    pub fn data(&self, user_data: u64) -> Option<&DataBuffers> {
+        let entry = self
+            .entries
+            .get(usize::try_from(user_data).ok()?)?
+            .as_ref()?;
+        entry.data.as_ref()
+    }
+
     /// The completion of the operation whose user data is `user_data`, finished with the
     /// kernel-style result `res`; None for user data we never gave out.
     pub fn complete(&mut self, user_data: u64, res: i64) -> Option<Completion> {

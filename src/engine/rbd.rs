@@ -1,0 +1,214 @@
+//! The Ceph RBD engine: requests go to librbd asynchronously, straight between guest memory
+//! and the cluster.
+//!
+//! librbd reports a finished request by calling back from one of its own threads. The
+//! callback puts `(index, result)` on this engine's list and writes its eventfd when the list
+//! was empty — the same hand-off as the thread pool's, so the queue worker waits on one fd
+//! and reaps a batch at a time. Each queue has its own list and eventfd: queues share the one
+//! image handle (librbd is thread-safe; a second handle would fight for the exclusive lock)
+//! but no lock of ours.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::pending::Pending;
+use super::{drain_eventfd, wait_for_completions, Completion, DataBuffers, Engine, IoOp};
+use crate::ratelimit::limited;
+
+/// What the callbacks share with the engine.
+struct Finished {
+    done: Mutex<Vec<(usize, isize)>>,
+    eventfd: EventFd,
+}
+
+pub struct RbdEngine {
+    image: Arc<rbd::Image>,
+    finished: Arc<Finished>,
+    /// One callback per entry of `pending`; librbd is given the address of the one for the
+    /// request's entry, so they must not move while a request is in flight (a boxed slice
+    /// never reallocates).
+    callbacks: Box<[rbd::OnDone]>,
+    pending: Pending,
+    /// Whether the request at each entry is a write: librbd reports a written request as 0,
+    /// where the worker expects the bytes moved.
+    writes: Box<[bool]>,
+    /// Operations librbd refused to start, reported at the next reap.
+    rejected: Vec<Completion>,
+    in_flight: usize,
+}
+
+impl RbdEngine {
+    /// An engine for `image` with room for `capacity` requests in flight.
+    pub fn new(image: Arc<rbd::Image>, capacity: u16) -> io::Result<Self> {
+        let capacity = usize::from(capacity.max(1));
+        let finished = Arc::new(Finished {
+            done: Mutex::new(Vec::with_capacity(capacity)),
+            eventfd: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+        });
+        let callbacks = (0..capacity)
+            .map(|index| {
+                let finished = finished.clone();
+                Box::new(move |result: isize| {
+                    let first = {
+                        let mut done = finished.done.lock().unwrap_or_else(|p| p.into_inner());
+                        done.push((index, result));
+                        done.len() == 1
+                    };
+                    if first {
+                        // A failed write can only mean the counter is full: readable anyway.
+                        let _ = finished.eventfd.write(1);
+                    }
+                }) as rbd::OnDone
+            })
+            .collect();
+        Ok(RbdEngine {
+            image,
+            finished,
+            callbacks,
+            pending: Pending::new(capacity),
+            writes: vec![false; capacity].into_boxed_slice(),
+            rejected: Vec::new(),
+            in_flight: 0,
+        })
+    }
+
+    fn collect(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.rejected);
+        let finished =
+            std::mem::take(&mut *self.finished.done.lock().unwrap_or_else(|p| p.into_inner()));
+        for (index, result) in finished {
+            let result = i64::try_from(result).unwrap_or(-i64::from(libc::EIO));
+            if let Some(mut c) = self.pending.complete(index as u64, result) {
+                if let (Ok(0), Some(data), true) = (&c.result, &c.data, self.writes[index]) {
+                    c.result = Ok(data.len());
+                }
+                self.in_flight -= 1;
+                out.push(c);
+            }
+        }
+    }
+}
+
+/// An operation without its buffers: what to ask librbd once the buffers are in `pending`.
+#[derive(Clone, Copy)]
+enum Shape {
+    Read(u64),
+    Write(u64),
+    Flush,
+    Discard(u64, u64),
+    WriteZeroes(u64, u64, bool),
+}
+
+impl Shape {
+    fn of(op: &IoOp) -> Shape {
+        match *op {
+            IoOp::Read { offset, .. } => Shape::Read(offset),
+            // librbd without its cache acknowledges a write once it is durable, so a write
+            // the guest wants synchronous needs nothing more.
+            IoOp::Write { offset, .. } => Shape::Write(offset),
+            IoOp::Flush => Shape::Flush,
+            IoOp::Discard { offset, len } => Shape::Discard(offset, len),
+            IoOp::WriteZeroes { offset, len, unmap } => Shape::WriteZeroes(offset, len, unmap),
+        }
+    }
+
+    fn request(self, iovecs: &[libc::iovec]) -> rbd::Request<'_> {
+        match self {
+            Shape::Read(offset) => rbd::Request::Read { offset, iovecs },
+            Shape::Write(offset) => rbd::Request::Write { offset, iovecs },
+            Shape::Flush => rbd::Request::Flush,
+            Shape::Discard(offset, len) => rbd::Request::Discard { offset, len },
+            Shape::WriteZeroes(offset, len, unmap) => {
+                rbd::Request::WriteZeroes { offset, len, unmap }
+            }
+        }
+    }
+}
+
+impl Engine for RbdEngine {
+    fn completion_fd(&self) -> RawFd {
+        self.finished.eventfd.as_raw_fd()
+    }
+
+    fn push(&mut self, token: u64, op: IoOp) {
+        let shape = Shape::of(&op);
+        let index = match self.pending.insert(token, op.into_data()) {
+            Ok(index) => index,
+            Err(data) => {
+                // The worker never has more requests in flight than our capacity.
+                self.rejected.push(Completion {
+                    token,
+                    result: Err(io::Error::from_raw_os_error(libc::EBUSY)),
+                    data,
+                });
+                return;
+            }
+        };
+        let iovecs = self
+            .pending
+            .data(index)
+            .map_or(&[][..], DataBuffers::iovecs);
+        let entry = usize::try_from(index).expect("an index into our own tables");
+        self.writes[entry] = matches!(shape, Shape::Write(_));
+        let callback = &self.callbacks[entry];
+        // SAFETY: the buffers are the operation's own, held in `pending` (their iovec list
+        // does not move) until the callback has run and the completion is reaped; the
+        // callback lives in `callbacks`, and Drop waits for every request in flight.
+        match unsafe { self.image.start(shape.request(iovecs), callback) } {
+            Ok(()) => self.in_flight += 1,
+            Err(e) => {
+                if let Some(refused) = self.pending.complete(index, 0) {
+                    self.rejected.push(Completion {
+                        result: Err(e),
+                        ..refused
+                    });
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        drain_eventfd(&self.finished.eventfd)?;
+        self.collect(out);
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.collect(out);
+        Ok(())
+    }
+}
+
+impl Drop for RbdEngine {
+    /// librbd still holds the buffers and the callbacks of requests in flight: wait for them
+    /// (the worker drains before it drops an engine, so normally there are none). If the
+    /// cluster never answers, leak what they refer to rather than free it under librbd.
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut done = Vec::new();
+        while self.in_flight > 0 && Instant::now() < deadline {
+            if wait_for_completions(self, 1000).is_err() {
+                break;
+            }
+            let _ = self.reap(&mut done);
+            done.clear();
+        }
+        if self.in_flight > 0 {
+            limited!(
+                log::Level::Error,
+                "RBD: {} requests still in flight at shutdown; leaving their buffers to librbd",
+                self.in_flight
+            );
+            std::mem::forget(std::mem::replace(&mut self.pending, Pending::new(0)));
+            std::mem::forget(std::mem::take(&mut self.callbacks));
+        }
+    }
+}
