@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod blockdev;
+pub mod ceph;
 pub mod frontend;
 pub mod guest;
 /// A small deterministic generator, so failures reproduce: the benchmark's, the same file.

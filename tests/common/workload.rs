@@ -158,3 +158,65 @@ pub fn random_io(client: &mut Client, model: &mut [u8], rng: &mut Rng, queues: u
         }
     }
 }
+
+pub fn submit_one(
+    client: &mut Client,
+    q: usize,
+    what: &str,
+    op: impl FnOnce(&mut blkio::Blkioq),
+) -> i32 {
+    op(&mut client.queues[q]);
+    let ret = client.wait(q, 1)[0].1;
+    eprintln!("{what}: {ret}");
+    ret
+}
+
+/// Flush, write-zeroes with and without unmap, discard; each checked by reading back.
+pub fn zeroing_requests(client: &mut Client, model: &mut [u8]) {
+    assert_eq!(
+        submit_one(client, 0, "flush", |q| q.flush(0, ReqFlags::empty())),
+        0
+    );
+
+    let cases: [(&str, u64, u64); 3] = [
+        ("write-zeroes (may unmap)", 1 << 20, 3 << 20),
+        ("write-zeroes (no unmap)", 8 << 20, 256 << 10),
+        ("discard", 16 << 20, 2 << 20),
+    ];
+    for (what, offset, len) in cases {
+        let ret = submit_one(client, 1, what, |q| match what {
+            "discard" => q.discard(offset, len, 0, ReqFlags::empty()),
+            "write-zeroes (no unmap)" => q.write_zeroes(offset, len, 0, ReqFlags::NO_UNMAP),
+            _ => q.write_zeroes(offset, len, 0, ReqFlags::empty()),
+        });
+        assert_eq!(ret, 0, "{what}");
+        // This daemon punches a hole for discard, so the range reads back as zeroes.
+        let len = usize_of(len);
+        model[usize_of(offset)..usize_of(offset) + len].fill(0);
+        assert_eq!(client.read_sync(0, offset, len), 0);
+        assert!(
+            client.buffers()[..len].iter().all(|&b| b == 0),
+            "{what} left data behind"
+        );
+    }
+}
+
+/// Requests reaching past the end fail (and do not hang); the disk is unchanged.
+pub fn past_end_requests(client: &mut Client) {
+    let capacity = client.capacity();
+    assert_ne!(
+        client.read_sync(0, capacity - 512, 4096),
+        0,
+        "read past the end succeeded"
+    );
+    assert_ne!(
+        client.read_sync(1, capacity, 512),
+        0,
+        "read at the end succeeded"
+    );
+    assert_ne!(
+        client.write_sync(0, capacity - 512, &[0xAA; 1024]),
+        0,
+        "write past the end succeeded"
+    );
+}
