@@ -593,5 +593,5 @@ fn qemu_guest_on_an_aoe_disk() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let rig = Rig::new(dir.path(), 9000);
     let daemon = rig.daemon(dir.path(), &[]);
-    common::guest::check_guest(daemon, &rig.file, None);
+    common::guest::check_guest(daemon, || std::fs::read(&rig.file).unwrap(), None);
 }

@@ -25,7 +25,7 @@ fn guest_test(aio: &str) {
         ],
     );
     // GET_ID returns the file name by default.
-    check_guest(daemon, &disk, Some("disk.img"));
+    check_guest(daemon, || std::fs::read(&disk).unwrap(), Some("disk.img"));
 }
 
 #[test]

@@ -1,11 +1,12 @@
 //! vblkd in front of a real Ceph cluster (single node, started by the test): random I/O of
 //! many sizes over two queues, read back through vblkd and compared with `rbd export` of the
-//! image; flush, discard and write-zeroes; and the one clear error for an unreachable
-//! cluster or a missing image.
+//! image; flush, discard and write-zeroes; a QEMU guest on an image; and the one clear error
+//! for an unreachable cluster or a missing image.
 
 mod common;
 
 use common::ceph::Cluster;
+use common::guest::check_guest;
 use common::workload::{past_end_requests, random_io, submit_one, zeroing_requests, BUFFER_BYTES};
 use common::{first_difference, run_vblkd, usize_of, Client, Daemon, Rng};
 
@@ -40,6 +41,19 @@ fn rbd_random_io_over_two_queues_matches_rbd_export() {
     if let Some(at) = first_difference(&exported, &model) {
         panic!("rbd export of the image differs from what was written at byte {at}");
     }
+}
+
+/// The QEMU guest test (O_DIRECT patterns at both ends, single sectors, WCE off) on an image;
+/// what the guest wrote is checked in `rbd export` of it.
+#[test]
+fn qemu_guest_on_an_rbd_disk() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cluster = Cluster::start(dir.path());
+    cluster.create_image("guest", common::guest::DISK_BYTES as u64);
+    let disk = cluster.disk("guest");
+    let daemon = Daemon::start(dir.path(), &["--disk", &disk, "--num-queues", "2"]);
+    // GET_ID returns the image's name by default.
+    check_guest(daemon, || cluster.export("guest"), Some("guest"));
 }
 
 #[test]

@@ -53,10 +53,10 @@ pub fn boot(socket: &std::path::Path) -> HashMap<String, String> {
 }
 
 /// Boots the guest on `daemon`'s disk and checks its report: size, both queues, O_DIRECT
-/// pattern round trips, the write cache switched off through the WCE byte; then that `file`
-/// (the bytes behind the disk) holds what the guest wrote. `serial`, if given, is what GET_ID
-/// must return.
-pub fn check_guest(daemon: Daemon, file: &Path, serial: Option<&str>) {
+/// pattern round trips, the write cache switched off through the WCE byte; then that the bytes
+/// behind the disk (what `backing` reads, once the daemon has stopped) hold what the guest
+/// wrote. `serial`, if given, is what GET_ID must return.
+pub fn check_guest(daemon: Daemon, backing: impl FnOnce() -> Vec<u8>, serial: Option<&str>) {
     build_guest();
     let report = boot(&daemon.socket);
     let get = |k: &str| {
@@ -87,7 +87,7 @@ pub fn check_guest(daemon: Daemon, file: &Path, serial: Option<&str>) {
     assert!(daemon.stop().success(), "vblkd did not exit cleanly");
 
     let pattern = std::fs::read(guest_cache().join("pattern.bin")).unwrap();
-    let file = std::fs::read(file).unwrap();
+    let file = backing();
     assert_eq!(file.len(), DISK_BYTES);
     assert!(
         file[..PATTERN_BYTES] == pattern[..],
