@@ -10,7 +10,10 @@
 //! 16 threads always have requests queued and in flight when a kill comes, and reads, writes
 //! and flushes complete out of order.
 //!
-//! `VBLKD_CRASH_PEER=qsd` runs the same test against qemu-storage-daemon, which has no
+//! The same test runs on a Ceph RBD image (a single-node cluster the test starts), where
+//! requests stay in flight because every one is a network round trip to the OSD.
+//!
+//! `VBLKD_CRASH_PEER=qsd` runs the file test against qemu-storage-daemon, which has no
 //! in-flight tracking; docs/reliability.md records what happens.
 
 mod common;
@@ -20,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::blockdev::SlowDisk;
+use common::ceph::Cluster;
 use common::guest::RunningGuest;
 use common::Daemon;
 
@@ -41,7 +45,21 @@ enum Peer {
     Qsd(Child),
 }
 
-fn start_peer(qsd: bool, dir: &Path, disk: &SlowDisk) -> Peer {
+/// What the daemons serve.
+enum Backing {
+    /// A throttled loop device.
+    Slow(SlowDisk),
+    /// An RBD image (`--disk` spec), and the cluster it lives on, kept running.
+    Rbd { spec: String, _cluster: Cluster },
+}
+
+fn start_peer(qsd: bool, dir: &Path, backing: &Backing) -> Peer {
+    let disk = match backing {
+        Backing::Slow(disk) => disk,
+        Backing::Rbd { spec, .. } => {
+            return Peer::Vblkd(Daemon::start(dir, &["--disk", spec, "--num-queues", "2"]));
+        }
+    };
     let peer = if qsd {
         let socket = dir.join("vblkd.sock");
         let _ = std::fs::remove_file(&socket);
@@ -152,9 +170,36 @@ impl Progress {
 fn a_qemu_guest_survives_repeated_daemon_crashes() {
     let qsd = std::env::var("VBLKD_CRASH_PEER").is_ok_and(|p| p == "qsd");
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let disk = SlowDisk::new(dir.path(), 64 << 20, IOPS);
-    let mut peer = start_peer(qsd, dir.path(), &disk);
-    let mut guest = RunningGuest::start(&dir.path().join("vblkd.sock"), "crash");
+    let backing = Backing::Slow(SlowDisk::new(dir.path(), 64 << 20, IOPS));
+    crash_test(qsd, dir.path(), &backing);
+}
+
+#[test]
+fn a_qemu_guest_on_an_rbd_disk_survives_repeated_daemon_crashes() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cluster = Cluster::start(dir.path());
+    // Without exclusive-lock: with it, a crashed daemon's lock is only broken once its watch
+    // on the image expires (30 s), and every restart would wait for that.
+    let image = format!("{}/crash", common::ceph::POOL);
+    cluster.rbd(&[
+        "create",
+        "--size",
+        "64M",
+        "--image-feature",
+        "layering",
+        &image,
+    ]);
+    let spec = cluster.disk("crash");
+    let backing = Backing::Rbd {
+        spec,
+        _cluster: cluster,
+    };
+    crash_test(false, dir.path(), &backing);
+}
+
+fn crash_test(qsd: bool, dir: &Path, backing: &Backing) {
+    let mut peer = start_peer(qsd, dir, backing);
+    let mut guest = RunningGuest::start(&dir.join("vblkd.sock"), "crash");
 
     let mut run = Progress {
         writes: 0,
@@ -172,7 +217,7 @@ fn a_qemu_guest_survives_repeated_daemon_crashes() {
     for life in 1..=KILLS + UPGRADES {
         run.serve(&guest, &format!("I/O resumes before restart {life}"));
         logs += &kill_peer(peer, life % 4 == 0);
-        peer = start_peer(qsd, dir.path(), &disk);
+        peer = start_peer(qsd, dir, backing);
     }
     run.serve(&guest, "I/O resumes after the last kill");
     guest.send("stop");
