@@ -84,9 +84,23 @@ fn spawn(program: &str, args: &[&str], log: &Path) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {program} ({e}); install ceph-mon and ceph-osd"))
 }
 
+/// Where the OSD keeps its data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// In memory: starts in about a second, and is lost if the OSD is killed.
+    Memory,
+    /// BlueStore on a sparse file: about 7 s to start, and survives a killed OSD.
+    Durable,
+}
+
 impl Cluster {
-    /// A running cluster with pool [`POOL`] ready for images, its files under `dir`.
+    /// A running cluster (memstore) with pool [`POOL`] ready for images, its files under
+    /// `dir`.
     pub fn start(dir: &Path) -> Cluster {
+        Self::start_with(dir, Store::Memory)
+    }
+
+    pub fn start_with(dir: &Path, store: Store) -> Cluster {
         let dir = dir.join("ceph");
         for sub in ["mon", "osd", "run"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
@@ -107,8 +121,7 @@ auth client required = none
 osd pool default size = 1
 osd pool default min size = 1
 mon allow pool size one = true
-osd objectstore = memstore
-memstore page set = true
+{store}
 osd crush chooseleaf type = 0
 paxos propose interval = 0.05
 paxos min wait = 0.01
@@ -120,7 +133,17 @@ log file = {d}/$name.log
 mon data = {d}/mon
 osd data = {d}/osd
 rbd cache = false
-"
+",
+                store = match store {
+                    Store::Memory =>
+                        "osd objectstore = memstore\nmemstore page set = true".to_owned(),
+                    // The block file must sit outside the OSD's data directory.
+                    Store::Durable => format!(
+                        "osd objectstore = bluestore\nbluestore block path = {d}/block\n\
+                         bluestore block create = true\nbluestore block size = 2147483648\n\
+                         bluestore fsck on mount = false"
+                    ),
+                }
             ),
         )
         .unwrap();

@@ -278,6 +278,12 @@ impl Client {
 
     /// One read of `len` bytes at `offset` into the start of the buffer region; returns the
     /// result code.
+    /// Submits what was queued on queue `q`, without waiting for anything.
+    pub fn submit(&mut self, q: usize) {
+        let mut none: [MaybeUninit<blkio::Completion>; 0] = [];
+        self.queues[q].do_io(&mut none, 0, None, None).unwrap();
+    }
+
     pub fn read_sync(&mut self, q: usize, offset: u64, len: usize) -> i32 {
         let buf = self.buffer_ptr(0);
         self.queues[q].read(offset, buf, len, 0, ReqFlags::empty());
