@@ -21,7 +21,7 @@ pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// Sends `state` (e.g. `READY=1`) to the supervisor named by `NOTIFY_SOCKET`, if any. A
 /// supervisor that cannot be reached is logged, never fatal: serving matters more.
 pub fn notify(state: &str) {
-    let Some(target) = std::env::var_os(NOTIFY_SOCKET) else {
+    let Some(target) = std::env::var_os(NOTIFY_SOCKET).filter(|t| !t.is_empty()) else {
         return;
     };
     if let Err(e) = send(&target, state) {

@@ -208,9 +208,17 @@ impl Image {
             }
         })?;
         let seconds = c_string(&timeout.as_secs().max(1).to_string(), &text)?;
-        for option in [c"client_mount_timeout", c"rados_mon_op_timeout"] {
-            // SAFETY: C strings; an unknown option is an error we can ignore.
-            unsafe { (lib.rados_conf_set)(cluster, option.as_ptr(), seconds.as_ptr()) };
+        let settings = [
+            (c"client_mount_timeout", seconds.as_c_str()),
+            (c"rados_mon_op_timeout", seconds.as_c_str()),
+            // No client-side cache, as QEMU's cache=none: a write is acknowledged once the
+            // cluster has it, so a guest that disabled its write cache needs nothing more,
+            // and there is no second copy of the data in this process.
+            (c"rbd_cache", c"false"),
+        ];
+        for (option, value) in settings {
+            // SAFETY: C strings; an option this librados lacks is an error we can ignore.
+            unsafe { (lib.rados_conf_set)(cluster, option.as_ptr(), value.as_ptr()) };
         }
         // SAFETY: a configured cluster handle.
         check(unsafe { (lib.rados_connect)(cluster) }).map_err(|source| RbdError::Connect {
