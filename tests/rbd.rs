@@ -130,6 +130,40 @@ fn an_error_from_librbd_fails_only_that_request() {
     assert!(daemon.stop().success(), "vblkd did not exit cleanly");
 }
 
+/// A snapshot is served read-only, as it was when taken.
+#[test]
+fn a_snapshot_is_served_read_only_as_it_was() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cluster = Cluster::start(dir.path());
+    cluster.create_image("vm4", IMAGE_BYTES);
+    let image = format!("{}/vm4", common::ceph::POOL);
+    {
+        let daemon = Daemon::start(dir.path(), &["--disk", &cluster.disk("vm4")]);
+        let mut client = Client::connect(&daemon.socket, 1, false, BUFFER_BYTES).unwrap();
+        assert_eq!(client.write_sync(0, 8192, &[0x11; 4096]), 0);
+        drop(client);
+        assert!(daemon.stop().success());
+    }
+    cluster.rbd(&["snap", "create", &format!("{image}@before")]);
+    let snapshot = format!("{}@before:conf={}", image, cluster.conf());
+    let daemon = Daemon::start(dir.path(), &["--disk", &format!("rbd:{snapshot}")]);
+    // The device says it is read-only (VIRTIO_BLK_F_RO), so the client refuses to open it
+    // for writing.
+    let refused = Client::connect(&daemon.socket, 1, false, BUFFER_BYTES).err();
+    assert_eq!(
+        refused.map(|e| e.errno().raw_os_error()),
+        Some(libc::EROFS),
+        "the snapshot was offered writable"
+    );
+    let mut client = Client::connect(&daemon.socket, 1, true, BUFFER_BYTES).unwrap();
+    assert_eq!(client.read_sync(0, 8192, 4096), 0);
+    assert!(client.buffers()[..4096].iter().all(|&b| b == 0x11));
+    assert_eq!(client.read_sync(0, 0, 4096), 0);
+    assert!(client.buffers()[..4096].iter().all(|&b| b == 0));
+    drop(client);
+    assert!(daemon.stop().success());
+}
+
 /// The QEMU guest test (O_DIRECT patterns at both ends, single sectors, WCE off) on an image;
 /// what the guest wrote is checked in `rbd export` of it.
 #[test]
@@ -194,6 +228,25 @@ fn a_missing_image_or_an_unreachable_cluster_is_one_clear_error() {
     ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--cache applies to files"), "{stderr}");
+
+    // The monitor answers, but no OSD serves the pool.
+    cluster.create_image("vm3", IMAGE_BYTES);
+    let mut cluster = cluster;
+    cluster.kill_osd();
+    let (code, stderr) = run_vblkd(&[
+        "serve",
+        "--socket",
+        socket,
+        "--disk",
+        &cluster.disk("vm3"),
+        "--connect-timeout",
+        "2",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("did not open RBD image rbd/vm3"),
+        "{stderr}"
+    );
 
     let (code, stderr) = run_vblkd(&["serve", "--socket", socket, "--disk", "rbd:just-a-pool"]);
     assert_eq!(code, 2, "{stderr}");

@@ -39,6 +39,8 @@ pub enum RbdError {
         image: String,
         source: io::Error,
     },
+    #[error("the Ceph cluster did not open RBD image {image} within {timeout:?}; check that its OSDs are up and it is not full (ceph health)")]
+    Unresponsive { image: String, timeout: Duration },
     #[error("cannot read the size of RBD image {image}: {source}")]
     Size { image: String, source: io::Error },
 }
@@ -163,9 +165,32 @@ unsafe impl Send for Image {}
 unsafe impl Sync for Image {}
 
 impl Image {
-    /// Connects to the cluster (giving up after `timeout`) and opens the image, read-only
-    /// when asked or when it names a snapshot.
+    /// Connects to the cluster and opens the image, read-only when asked or when it names a
+    /// snapshot, giving up after `timeout`.
+    ///
+    /// librados bounds reaching the monitors, but opening an image is I/O on the pool, which
+    /// waits for its OSDs without limit (they may be down, or the cluster full). So the open
+    /// runs on a thread of its own and is abandoned after `timeout`; should it finish later,
+    /// that thread closes the image again.
     pub fn open(spec: &Spec, read_only: bool, timeout: Duration) -> Result<Image, RbdError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spec_for_thread = spec.clone();
+        std::thread::Builder::new()
+            .name("rbd-open".into())
+            .spawn(move || {
+                let _ = tx.send(Self::open_now(&spec_for_thread, read_only, timeout));
+            })
+            .map_err(|e| RbdError::Library(format!("cannot start a thread: {e}")))?;
+        rx.recv_timeout(timeout + Duration::from_secs(1))
+            .unwrap_or_else(|_| {
+                Err(RbdError::Unresponsive {
+                    image: spec.name(),
+                    timeout,
+                })
+            })
+    }
+
+    fn open_now(spec: &Spec, read_only: bool, timeout: Duration) -> Result<Image, RbdError> {
         let lib = ffi::lib().map_err(RbdError::Library)?;
         let text = spec.name();
         let user = spec
