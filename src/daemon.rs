@@ -21,8 +21,10 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::control;
 use crate::device::BlockDevice;
 use crate::disk::{Disk, DiskError};
+use crate::stats::QueueStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -33,6 +35,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
     /// `vhost_user_backend::Error` implements Display but not Error, so it is kept as text.
     #[error("vhost-user: {0}")]
     VhostUser(String),
@@ -48,6 +52,10 @@ pub struct ServeOptions {
     pub queue_size: u16,
     /// Busy-poll each queue for this long after its last work before sleeping.
     pub poll: Option<std::time::Duration>,
+    /// Where to serve the control socket, if anywhere.
+    pub control: Option<PathBuf>,
+    /// What `--disk` named, for the control socket's `info`.
+    pub disk_name: String,
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts afterwards.
@@ -125,6 +133,19 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         connection: Mutex::new(None),
     });
     spawn_signal_watcher(stop.clone())?;
+    // Counters live as long as the daemon, across frontend connections.
+    let stats: Vec<Arc<QueueStats>> = (0..opts.num_queues).map(|_| Arc::default()).collect();
+    if let Some(path) = &opts.control {
+        let served = control::Served {
+            disk: disk.info().clone(),
+            disk_name: opts.disk_name.clone(),
+            num_queues: opts.num_queues,
+            queue_size: opts.queue_size,
+            queues: stats.clone(),
+        };
+        control::spawn(path, Arc::new(served))?;
+        log::info!("control socket on {}", path.display());
+    }
 
     let mut listener = Listener::new(&opts.socket, true).map_err(|source| DaemonError::Listen {
         path: opts.socket.clone(),
@@ -142,6 +163,7 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
             opts.queue_size,
             opts.poll,
             mem.clone(),
+            &stats,
         )?);
         let mut daemon =
             VhostUserDaemon::new("vblkd".into(), device.clone(), mem).map_err(vhost_error)?;

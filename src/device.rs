@@ -39,6 +39,7 @@ use crate::disk::{Disk, DiskError};
 use crate::inflight::InflightBuffer;
 use crate::ratelimit::limited;
 use crate::sigbus;
+use crate::stats::QueueStats;
 use crate::worker::{QueueWorker, WorkerConfig};
 use crate::GuestMemory;
 
@@ -66,6 +67,7 @@ impl BlockDevice {
         queue_size: u16,
         poll: Option<Duration>,
         mem: GuestMemoryAtomic<GuestMemory>,
+        stats: &[Arc<QueueStats>],
     ) -> Result<Self, DiskError> {
         let write_cache = Arc::new(AtomicBool::new(disk.info().write_cache));
         let config = Arc::new(WorkerConfig::new(
@@ -75,7 +77,8 @@ impl BlockDevice {
             poll,
         ));
         let workers = (0..usize::from(num_queues))
-            .map(|i| {
+            .zip(stats)
+            .map(|(i, stats)| {
                 let engine = disk.engine(queue_size)?;
                 Ok(Mutex::new(QueueWorker::new(
                     i,
@@ -83,6 +86,7 @@ impl BlockDevice {
                     config.clone(),
                     mem.clone(),
                     queue_size,
+                    stats.clone(),
                 )))
             })
             .collect::<Result<Vec<_>, DiskError>>()?;

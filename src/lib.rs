@@ -8,6 +8,7 @@
 
 pub mod aligned;
 pub mod blk;
+pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod disk;
@@ -18,6 +19,7 @@ pub mod notify;
 mod ratelimit;
 pub mod sigbus;
 pub mod size;
+pub mod stats;
 #[cfg(test)]
 mod testing;
 mod worker;

@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Serve a disk on a vhost-user socket until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Ask a running vblkd, through its control socket, what it serves and how it is doing.
+    Ctl(CtlArgs),
     /// Measure a vhost-user-blk daemon: runs the vblkd-bench program installed beside vblkd
     /// (`vblkd bench --help` for its commands).
     #[command(disable_help_flag = true)]
@@ -37,10 +39,40 @@ enum Command {
 }
 
 #[derive(Args)]
+struct CtlArgs {
+    /// The daemon's control socket (what it was started with as --control).
+    #[arg(long, value_name = "PATH")]
+    control: PathBuf,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// What the daemon serves: the disk, its size and block sizes, the queues.
+    Info {
+        /// Print the reply as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requests and bytes by kind, errors, refused requests by reason, in flight now,
+    /// submissions and guest notifications: in total and per queue.
+    Stats {
+        /// Print the reply as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
 struct ServeArgs {
     /// The vhost-user unix socket to listen on (replaced if it exists).
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
+    /// Also serve a control socket here (mode 0600), for `vblkd ctl`: what is served, and
+    /// statistics.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     /// A regular file or a block device; null:SIZE, a disk that does no I/O;
     /// aoe://IFACE/e<shelf>.<slot>, an ATA-over-Ethernet target (e.g. vblade); or
     /// rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER], a Ceph RBD image.
@@ -217,9 +249,51 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             queue_size: args.queue_size,
             poll: (args.poll_us > 0)
                 .then(|| std::time::Duration::from_micros(u64::from(args.poll_us))),
+            control: args.control,
+            disk_name: args.disk.display().to_string(),
         },
     )?;
     Ok(())
+}
+
+fn ctl(args: &CtlArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (command, json) = match args.command {
+        CtlCommand::Info { json } => ("info", json),
+        CtlCommand::Stats { json } => ("stats", json),
+    };
+    let reply = vblkd::control::request(&args.control, command)?;
+    let mut out = String::new();
+    if json {
+        out = format!("{reply}\n");
+    } else {
+        tree("", &reply, &mut out);
+    }
+    // A reader that went away (`| head`) is not an error.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+    Ok(())
+}
+
+/// A reply as `key: value` lines, nested keys joined with dots (`total.reads: 12`).
+fn tree(prefix: &str, value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                tree(&key, v, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                tree(&format!("{prefix}.{i}"), v, out);
+            }
+        }
+        serde_json::Value::String(s) => *out += &format!("{prefix}: {s}\n"),
+        other => *out += &format!("{prefix}: {other}\n"),
+    }
 }
 
 /// `vblkd bench ARGS` is `vblkd-bench ARGS`, as `git foo` is `git-foo`: the benchmark tool is
@@ -259,6 +333,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Ctl(args) => ctl(&args),
         Command::Bench { args } => bench(&args),
     };
     match result {

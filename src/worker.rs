@@ -39,6 +39,7 @@ use crate::engine::{wait_for_completions, Completion, DataBuffers, Engine, IoOp}
 use crate::inflight::InflightQueue;
 use crate::iov;
 use crate::ratelimit::limited;
+use crate::stats::{Counter, QueueStats};
 use crate::GuestMemory;
 use poll::{Awaiting, PollWindows};
 
@@ -189,6 +190,8 @@ pub struct QueueWorker {
     /// Requests put in the used ring so far (wrapping): tells the polling loop that it did
     /// work.
     completed: u64,
+    /// What this queue has done, for the control socket.
+    stats: Arc<QueueStats>,
 }
 
 impl QueueWorker {
@@ -198,8 +201,10 @@ impl QueueWorker {
         config: Arc<WorkerConfig>,
         mem: GuestMemoryAtomic<GuestMemory>,
         queue_size: u16,
+        stats: Arc<QueueStats>,
     ) -> Self {
         QueueWorker {
+            stats,
             index,
             engine,
             mem,
@@ -510,6 +515,8 @@ impl QueueWorker {
     }
 
     fn submit(&mut self) {
+        self.stats.add(Counter::Submissions, 1);
+        self.stats.set_in_flight(self.in_flight);
         if let Err(e) = self.engine.submit() {
             limited!(Error, "queue {}: submitting I/O failed: {e}", self.index);
         }
@@ -573,6 +580,7 @@ impl QueueWorker {
         {
             Ok(req) => req,
             Err(Rejected { status, error }) => {
+                self.stats.rejected(error);
                 limited!(
                     Debug,
                     "queue {}: request {head} rejected: {error}",
@@ -587,6 +595,15 @@ impl QueueWorker {
                 };
             }
         };
+        let counter = match req.kind {
+            RequestKind::Read { .. } => Counter::Reads,
+            RequestKind::Write { .. } => Counter::Writes,
+            RequestKind::Flush => Counter::Flushes,
+            RequestKind::Discard { .. } => Counter::Discards,
+            RequestKind::WriteZeroes { .. } => Counter::WriteZeroes,
+            RequestKind::GetId => Counter::GetIds,
+        };
+        self.stats.add(counter, 1);
         let op = match req.kind {
             RequestKind::Read { .. } | RequestKind::Write { .. } if req.data_len == 0 => {
                 write_status(mem, req.status, status::OK);
@@ -628,6 +645,9 @@ impl QueueWorker {
                     .then(|| config.honours_flush && !config.write_cache.load(Ordering::Relaxed));
                 let transfer = Transfer { offset, write };
                 slot.transfer = Some(transfer);
+                if slot.bounced {
+                    self.stats.add(Counter::Bounced, 1);
+                }
                 transfer.op(0, data)
             }
         };
@@ -730,10 +750,21 @@ impl QueueWorker {
                 if ok { status::OK } else { status::IOERR },
             );
             let len = if ok { slot.used_len } else { 1 };
+            match slot.transfer {
+                _ if !ok => self.stats.add(Counter::IoErrors, 1),
+                Some(Transfer { write: None, .. }) => {
+                    self.stats.add(Counter::BytesRead, slot.expected as u64);
+                }
+                Some(Transfer { write: Some(_), .. }) => {
+                    self.stats.add(Counter::BytesWritten, slot.expected as u64);
+                }
+                None => {}
+            }
             slot.busy = false;
             self.in_flight -= 1;
             self.finished.push((head, len));
         }
+        self.stats.set_in_flight(self.in_flight);
         if resubmitted {
             self.submit();
         }
@@ -769,6 +800,7 @@ impl QueueWorker {
     }
 
     fn signal_guest(&self, state: &Vring) {
+        self.stats.add(Counter::Notifications, 1);
         if let Err(e) = state.signal_used_queue() {
             // A full (or closed) call eventfd: the frontend's problem, not a reason to stop;
             // the next signal tries again.

@@ -80,6 +80,43 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// The name of each kind of error, indexed by [`RequestError::kind`]: what the statistics
+    /// count refusals under.
+    pub const KINDS: [&'static str; 13] = [
+        "broken_chain",
+        "no_status",
+        "outside_guest_memory",
+        "readable_after_writable",
+        "short_header",
+        "wrong_direction",
+        "unaligned",
+        "past_end",
+        "too_large",
+        "read_only",
+        "bad_discard_payload",
+        "unsupported",
+        "unsupported_discard",
+    ];
+
+    /// This error's index in [`RequestError::KINDS`].
+    pub fn kind(self) -> u8 {
+        match self {
+            RequestError::BrokenChain => 0,
+            RequestError::NoStatus => 1,
+            RequestError::OutsideGuestMemory => 2,
+            RequestError::ReadableAfterWritable => 3,
+            RequestError::ShortHeader => 4,
+            RequestError::WrongDirection => 5,
+            RequestError::Unaligned => 6,
+            RequestError::PastEnd => 7,
+            RequestError::TooLarge => 8,
+            RequestError::ReadOnly => 9,
+            RequestError::BadDiscardPayload => 10,
+            RequestError::Unsupported(_) => 11,
+            RequestError::UnsupportedDiscard => 12,
+        }
+    }
+
     /// The virtio-blk status this error is reported with.
     pub fn status(self) -> u8 {
         match self {

@@ -237,8 +237,14 @@ impl Harness {
             write_cache: Arc::new(AtomicBool::new(true)),
             poll: None,
         };
-        let mut worker =
-            QueueWorker::new(0, Box::new(engine), Arc::new(config), atomic, QUEUE_SIZE);
+        let mut worker = QueueWorker::new(
+            0,
+            Box::new(engine),
+            Arc::new(config),
+            atomic,
+            QUEUE_SIZE,
+            Arc::default(),
+        );
         worker.start(&vring, None);
         Harness {
             mem,

@@ -1,0 +1,195 @@
+//! The control socket: `vblkd ctl stats` counts exactly what a real client did (and what a
+//! hostile request was refused for); bad control input gets error objects and never disturbs
+//! the daemon or its I/O.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use blkio::ReqFlags;
+use common::frontend::{chain, Guest, DATA, HDR, STATUS};
+use common::testing::desc::WRITE as W;
+use common::{run_vblkd, Client, Daemon};
+use serde_json::Value;
+use vblkd::blk::layout::status;
+use virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN;
+
+fn ctl(control: &Path, command: &str) -> Value {
+    let (code, out) = run_vblkd_stdout(&[
+        "ctl",
+        "--control",
+        control.to_str().unwrap(),
+        command,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "vblkd ctl {command} failed");
+    serde_json::from_str(&out).expect("one JSON object")
+}
+
+fn run_vblkd_stdout(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(common::vblkd_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn stats_count_exactly_what_the_client_did() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let disk = dir.path().join("disk.img");
+    let control = dir.path().join("control.sock");
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--disk",
+            disk.to_str().unwrap(),
+            "--size",
+            "16M",
+            "--num-queues",
+            "2",
+            "--control",
+            control.to_str().unwrap(),
+        ],
+    );
+    let mode = std::fs::metadata(&control).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the control socket is the owner's only"
+    );
+
+    let mut client = Client::connect(&daemon.socket, 2, false, 1 << 20).unwrap();
+    for i in 0..10 {
+        assert_eq!(client.read_sync(0, i * 4096, 4096), 0);
+    }
+    for i in 0..7 {
+        assert_eq!(client.write_sync(1, i * 8192, &[0x33; 8192]), 0);
+    }
+    for _ in 0..3 {
+        client.queues[1].flush(0, ReqFlags::empty());
+        assert_eq!(client.wait(1, 1)[0].1, 0);
+    }
+    drop(client);
+    // A hostile request: a read past the end of the disk.
+    let mut guest = Guest::attach(&daemon.socket);
+    guest.header(VIRTIO_BLK_T_IN, (16 << 20) / 512);
+    let used = guest.submit(
+        &chain(&[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]),
+        &[0],
+        1,
+    );
+    assert_eq!(used, vec![(0, 1)], "only the status byte is written");
+    assert_eq!(
+        guest.status(),
+        status::IOERR,
+        "a read past the end succeeded"
+    );
+    drop(guest);
+
+    let stats = ctl(&control, "stats");
+    let total = &stats["total"];
+    let expect = [
+        ("reads", 10),
+        ("writes", 7),
+        ("flushes", 3),
+        ("bytes_read", 10 * 4096),
+        ("bytes_written", 7 * 8192),
+        ("io_errors", 0),
+        ("in_flight", 0),
+    ];
+    for (key, want) in expect {
+        assert_eq!(total[key], want, "total {key}: {stats}");
+    }
+    assert_eq!(total["rejected"]["past_end"], 1, "{stats}");
+    assert_eq!(stats["queues"][0]["reads"], 10, "{stats}");
+    assert_eq!(stats["queues"][1]["writes"], 7, "{stats}");
+    assert!(total["submissions"].as_u64().unwrap() >= 20, "{stats}");
+    assert!(total["notifications"].as_u64().unwrap() >= 20, "{stats}");
+
+    let info = ctl(&control, "info");
+    assert_eq!(info["capacity"], 16 << 20, "{info}");
+    assert_eq!(info["num_queues"], 2, "{info}");
+    assert_eq!(info["serial"], "disk.img", "{info}");
+    assert!(daemon.stop().success());
+}
+
+/// Sends `request` (a line, or anything) and returns the reply line.
+fn exchange(stream: &UnixStream, request: &[u8]) -> Value {
+    (&*stream).write_all(request).unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+fn connect(control: &Path) -> UnixStream {
+    let stream = UnixStream::connect(control).unwrap();
+    let mut greeting = String::new();
+    BufReader::new(&stream).read_line(&mut greeting).unwrap();
+    let greeting: Value = serde_json::from_str(&greeting).unwrap();
+    assert_eq!(greeting["vblkd"]["protocol"], 1, "{greeting}");
+    stream
+}
+
+#[test]
+fn bad_control_input_gets_error_objects_and_io_carries_on() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let control = dir.path().join("control.sock");
+    let daemon = Daemon::start(
+        dir.path(),
+        &["--disk", "null:64M", "--control", control.to_str().unwrap()],
+    );
+    let s = connect(&control);
+    let class = |v: Value| v["error"]["class"].as_str().unwrap_or("").to_owned();
+    assert_eq!(class(exchange(&s, b"garbage\n")), "ParseError");
+    assert_eq!(
+        class(exchange(&s, b"{\"execute\": \"reboot\"}\n")),
+        "CommandNotFound"
+    );
+    assert_eq!(
+        class(exchange(&s, b"{\"run\": \"stats\"}\n")),
+        "InvalidRequest"
+    );
+    assert_eq!(class(exchange(&s, b"[1, 2, 3]\n")), "InvalidRequest");
+    // The same connection still answers.
+    assert!(exchange(&s, b"{\"execute\": \"stats\"}\n")["return"]["total"].is_object());
+    // A line longer than the limit: an error, then the connection closes.
+    let huge = vec![b'x'; 100 << 10];
+    assert_eq!(class(exchange(&s, &huge)), "LineTooLong");
+    // Closed with our unread bytes still queued: the end comes as a reset or as EOF.
+    let mut rest = String::new();
+    match BufReader::new(&s).read_line(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection stayed open: {other:?} {rest}"),
+    }
+    // A client that leaves in the middle of a request.
+    let half = connect(&control);
+    (&half).write_all(b"{\"execute\": \"sta").unwrap();
+    drop(half);
+    // Clients that connect and say nothing take their own threads, up to a limit.
+    let idle: Vec<UnixStream> = (0..16).map(|_| connect(&control)).collect();
+    let refused = UnixStream::connect(&control).unwrap();
+    let mut line = String::new();
+    BufReader::new(&refused).read_line(&mut line).unwrap();
+    assert!(line.contains("TooManyClients"), "{line}");
+    drop(idle);
+
+    // The daemon still serves I/O, and `vblkd ctl` still works.
+    let mut client = Client::connect(&daemon.socket, 1, false, 1 << 20).unwrap();
+    assert_eq!(client.read_sync(0, 0, 4096), 0);
+    drop(client);
+    let (code, out) = run_vblkd_stdout(&["ctl", "--control", control.to_str().unwrap(), "stats"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("total.reads: 1"), "{out}");
+    let (code, err) = run_vblkd(&["ctl", "--control", "/nonexistent/ctl.sock", "info"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is vblkd running with --control"), "{err}");
+    assert!(daemon.stop().success());
+}
