@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::disk::DiskInfo;
+use crate::histogram::Histogram;
 use crate::stats::{Counter, QueueStats};
 
 /// The protocol's version, in the greeting.
@@ -220,8 +221,24 @@ fn queue_stats(q: &QueueStats) -> Map<String, Value> {
     out
 }
 
+/// A latency histogram (ns) as the protocol reports it: count, mean, percentiles and maximum,
+/// in µs.
+fn latency(h: &Histogram) -> Value {
+    let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+    json!({
+        "count": h.count(),
+        "mean": (h.mean() / 100.0).round() / 10.0,
+        "p50": us(h.percentile(50.0)),
+        "p99": us(h.percentile(99.0)),
+        "p99_9": us(h.percentile(99.9)),
+        "max": us(h.max()),
+    })
+}
+
 fn stats(served: &Served) -> Value {
-    let queues: Vec<Map<String, Value>> = served.queues.iter().map(|q| queue_stats(q)).collect();
+    let histograms: Vec<Histogram> = served.queues.iter().map(|q| q.latencies()).collect();
+    let mut queues: Vec<Map<String, Value>> =
+        served.queues.iter().map(|q| queue_stats(q)).collect();
     let mut total = Map::new();
     for q in &queues {
         for (key, value) in q {
@@ -240,5 +257,11 @@ fn stats(served: &Served) -> Value {
             }
         }
     }
+    let mut all = Histogram::default();
+    for (q, h) in queues.iter_mut().zip(&histograms) {
+        all.merge(h);
+        q.insert("latency_us".into(), latency(h));
+    }
+    total.insert("latency_us".into(), latency(&all));
     json!({"total": total, "queues": queues})
 }

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod device;
 pub mod disk;
 pub mod engine;
+pub mod histogram;
 mod inflight;
 mod iov;
 pub mod notify;

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::blk::request::RequestError;
+use crate::histogram::{Histogram, SharedHistogram};
 
 /// A counter of a queue. The names are the control protocol's and the metrics' labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,8 @@ pub struct QueueStats {
     /// Requests refused by the parser, by [`RequestError::kind`].
     rejected: [AtomicU64; RequestError::KINDS.len()],
     in_flight: AtomicU64,
+    /// From taking a request off the avail ring to putting it in the used ring, in ns.
+    latency: SharedHistogram,
 }
 
 impl Default for QueueStats {
@@ -78,6 +81,7 @@ impl Default for QueueStats {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             in_flight: AtomicU64::new(0),
+            latency: SharedHistogram::default(),
         }
     }
 }
@@ -116,6 +120,17 @@ impl QueueStats {
             .iter()
             .zip(&self.rejected)
             .map(|(name, n)| (*name, n.load(Ordering::Relaxed)))
+    }
+
+    /// Records a finished request's latency. Only the queue's own thread may call this.
+    pub fn latency(&self, elapsed: std::time::Duration) {
+        self.latency
+            .record(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// The latencies recorded so far, in ns.
+    pub fn latencies(&self) -> Histogram {
+        self.latency.snapshot()
     }
 
     pub fn in_flight(&self) -> u64 {

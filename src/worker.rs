@@ -106,6 +106,8 @@ struct Slot {
     done: usize,
     /// The guest memory the status byte (and a bounced request's iovecs) point into.
     mem: Option<Arc<GuestMemory>>,
+    /// When the request was taken from the avail ring.
+    taken_at: Option<Instant>,
 }
 
 // SAFETY: the iovecs point into guest memory that `mem` keeps mapped; a slot is only ever
@@ -664,6 +666,7 @@ impl QueueWorker {
             1
         };
         slot.mem = Some(mem.clone());
+        slot.taken_at = Some(Instant::now());
         if !matches!(op, IoOp::Read { .. } | IoOp::Write { .. }) {
             slot.transfer = None;
         }
@@ -759,6 +762,9 @@ impl QueueWorker {
                     self.stats.add(Counter::BytesWritten, slot.expected as u64);
                 }
                 None => {}
+            }
+            if let Some(taken_at) = slot.taken_at.take() {
+                self.stats.latency(taken_at.elapsed());
             }
             slot.busy = false;
             self.in_flight -= 1;

@@ -108,6 +108,16 @@ fn stats_count_exactly_what_the_client_did() {
         assert_eq!(total[key], want, "total {key}: {stats}");
     }
     assert_eq!(total["rejected"]["past_end"], 1, "{stats}");
+    // Every request the disk saw has a latency: 10 reads, 7 writes, 3 flushes.
+    let latency = &total["latency_us"];
+    assert_eq!(latency["count"], 20, "{stats}");
+    let (p50, p99, max) = (
+        latency["p50"].as_f64().unwrap(),
+        latency["p99"].as_f64().unwrap(),
+        latency["max"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{latency}");
+    assert_eq!(stats["queues"][1]["latency_us"]["count"], 10, "{stats}");
     assert_eq!(stats["queues"][0]["reads"], 10, "{stats}");
     assert_eq!(stats["queues"][1]["writes"], 7, "{stats}");
     assert!(total["submissions"].as_u64().unwrap() >= 20, "{stats}");

@@ -13,7 +13,6 @@
 mod chart;
 mod client;
 mod direct;
-mod histogram;
 pub mod matrix;
 mod procstat;
 mod report;
@@ -27,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use histogram::Histogram;
 pub use procstat::{page_cache_bytes, ProcessSample};
 use rng::Rng;
+pub use vblkd::histogram::Histogram;
 
 /// Access pattern, named as fio names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -1,7 +1,12 @@
 //! A latency histogram with constant relative precision (log-linear buckets, like
 //! HdrHistogram): exact below 128 ns, then 64 buckets per power of two, so any percentile is
-//! within 1.6 % of the true value. Recording is an index computation and an increment; per
-//! thread histograms are merged at the end.
+//! within 1.6 % of the true value. Recording is an index computation and an increment.
+//!
+//! [`Histogram`] is a thread's own (the benchmark merges one per load thread);
+//! [`SharedHistogram`] is written by one thread while others read it (a queue's request
+//! latencies, read by the control socket).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const SUB_BUCKET_BITS: u32 = 6;
 const SUB_BUCKETS: u64 = 1 << SUB_BUCKET_BITS;
@@ -48,6 +53,58 @@ fn bucket_range(b: usize) -> (u64, u64) {
     let shift = b / SUB_BUCKETS - 1;
     let low = (b - shift * SUB_BUCKETS) << shift;
     (low, low + (1 << shift) - 1)
+}
+
+/// A histogram one thread records into while others take snapshots.
+pub struct SharedHistogram {
+    counts: Box<[AtomicU64]>,
+    /// Saturating: a sum of nanoseconds overflows only after centuries of requests.
+    sum: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Default for SharedHistogram {
+    fn default() -> Self {
+        SharedHistogram {
+            counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Adds to a counter only one thread writes: a load and a store, no locked instruction.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).saturating_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+impl SharedHistogram {
+    /// Records `value`. Only one thread may record into a histogram.
+    pub fn record(&self, value: u64) {
+        bump(&self.counts[bucket_of(value)], 1);
+        bump(&self.sum, value);
+        if value > self.max.load(Ordering::Relaxed) {
+            self.max.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// What was recorded so far (a recording in progress may be half in it).
+    pub fn snapshot(&self) -> Histogram {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        Histogram {
+            total: counts.iter().sum(),
+            counts,
+            sum: u128::from(self.sum.load(Ordering::Relaxed)),
+            max: self.max.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Histogram {
@@ -112,6 +169,19 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_histogram_snapshots_what_was_recorded() {
+        let shared = SharedHistogram::default();
+        for v in [100, 200, 300, 10_000] {
+            shared.record(v);
+        }
+        let h = shared.snapshot();
+        assert_eq!(h.count(), 4);
+        assert_eq!(h.max(), 10_000);
+        assert_eq!(h.percentile(50.0), 200);
+        assert!((h.mean() - 2650.0).abs() < 1e-9);
+    }
 
     #[test]
     fn buckets_tile_the_number_line() {
