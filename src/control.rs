@@ -46,6 +46,14 @@ pub struct Served {
     pub queues: Vec<Arc<QueueStats>>,
 }
 
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("disk", &self.disk_name)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on control socket {path}: {source}; check that its directory exists and is writable")]
 pub struct ControlError {

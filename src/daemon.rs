@@ -21,10 +21,10 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control;
 use crate::device::BlockDevice;
 use crate::disk::{Disk, DiskError};
 use crate::stats::QueueStats;
+use crate::{control, metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -37,6 +37,8 @@ pub enum DaemonError {
     Disk(#[from] DiskError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     /// `vhost_user_backend::Error` implements Display but not Error, so it is kept as text.
     #[error("vhost-user: {0}")]
     VhostUser(String),
@@ -54,6 +56,8 @@ pub struct ServeOptions {
     pub poll: Option<std::time::Duration>,
     /// Where to serve the control socket, if anywhere.
     pub control: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`ADDR:PORT`), if anywhere.
+    pub metrics: Option<String>,
     /// What `--disk` named, for the control socket's `info`.
     pub disk_name: String,
 }
@@ -135,16 +139,20 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
     spawn_signal_watcher(stop.clone())?;
     // Counters live as long as the daemon, across frontend connections.
     let stats: Vec<Arc<QueueStats>> = (0..opts.num_queues).map(|_| Arc::default()).collect();
+    let served = Arc::new(control::Served {
+        disk: disk.info().clone(),
+        disk_name: opts.disk_name.clone(),
+        num_queues: opts.num_queues,
+        queue_size: opts.queue_size,
+        queues: stats.clone(),
+    });
     if let Some(path) = &opts.control {
-        let served = control::Served {
-            disk: disk.info().clone(),
-            disk_name: opts.disk_name.clone(),
-            num_queues: opts.num_queues,
-            queue_size: opts.queue_size,
-            queues: stats.clone(),
-        };
-        control::spawn(path, Arc::new(served))?;
+        control::spawn(path, served.clone())?;
         log::info!("control socket on {}", path.display());
+    }
+    if let Some(addr) = &opts.metrics {
+        metrics::spawn(addr, served)?;
+        log::info!("metrics on http://{addr}/metrics");
     }
 
     let mut listener = Listener::new(&opts.socket, true).map_err(|source| DaemonError::Listen {

@@ -140,6 +140,12 @@ impl Histogram {
         self.max
     }
 
+    /// How many recorded values are at most `value` (to the bucket holding it: within the
+    /// histogram's precision).
+    pub fn count_below(&self, value: u64) -> u64 {
+        self.counts[..=bucket_of(value)].iter().sum()
+    }
+
     /// The value below which `p` percent of the recorded values fall (the midpoint of the
     /// bucket holding that rank, never more than the maximum seen).
     #[expect(

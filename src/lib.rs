@@ -16,6 +16,7 @@ pub mod engine;
 pub mod histogram;
 mod inflight;
 mod iov;
+pub mod metrics;
 pub mod notify;
 mod ratelimit;
 pub mod sigbus;

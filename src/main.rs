@@ -73,6 +73,10 @@ struct ServeArgs {
     /// statistics.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Also serve the same figures as Prometheus metrics at http://ADDR:PORT/metrics (use a
+    /// loopback address unless the network is trusted).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
     /// A regular file or a block device; null:SIZE, a disk that does no I/O;
     /// aoe://IFACE/e<shelf>.<slot>, an ATA-over-Ethernet target (e.g. vblade); or
     /// rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER], a Ceph RBD image.
@@ -250,6 +254,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             poll: (args.poll_us > 0)
                 .then(|| std::time::Duration::from_micros(u64::from(args.poll_us))),
             control: args.control,
+            metrics: args.metrics,
             disk_name: args.disk.display().to_string(),
         },
     )?;

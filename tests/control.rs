@@ -203,3 +203,100 @@ fn bad_control_input_gets_error_objects_and_io_carries_on() {
     assert!(err.contains("is vblkd running with --control"), "{err}");
     assert!(daemon.stop().success());
 }
+
+/// `GET /metrics` over plain HTTP/1.0; returns the body.
+fn scrape(addr: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: vblkd\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of the sample `name{labels}` in a scrape.
+fn sample(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_pass_promtool_and_match_ctl_stats() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let control = dir.path().join("control.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--disk",
+            "null:64M",
+            "--num-queues",
+            "2",
+            "--control",
+            control.to_str().unwrap(),
+            "--metrics",
+            &addr,
+        ],
+    );
+    let mut client = Client::connect(&daemon.socket, 2, false, 1 << 20).unwrap();
+    for i in 0..5 {
+        assert_eq!(client.read_sync(0, i * 4096, 4096), 0);
+        assert_eq!(client.write_sync(1, i * 4096, &[1; 4096]), 0);
+    }
+    drop(client);
+
+    let body = scrape(&addr);
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian package prometheus; scripts/setup installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}\n{body}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let stats = ctl(&control, "stats");
+    for (q, key) in [
+        (0, "reads"),
+        (1, "writes"),
+        (1, "bytes_written"),
+        (0, "notifications"),
+    ] {
+        let series = format!("vblkd_{key}_total{{queue=\"{q}\"}}");
+        assert_eq!(
+            sample(&body, &series),
+            stats["queues"][q][key].as_u64().unwrap(),
+            "{series}"
+        );
+    }
+    assert_eq!(sample(&body, "vblkd_reads_total{queue=\"0\"}"), 5);
+    assert_eq!(
+        sample(&body, "vblkd_request_latency_seconds_count{queue=\"1\"}"),
+        5
+    );
+    assert!(daemon.stop().success());
+}
