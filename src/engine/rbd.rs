@@ -116,14 +116,26 @@ impl Shape {
         }
     }
 
-    fn request(self, iovecs: &[libc::iovec]) -> rbd::Request<'_> {
-        match self {
-            Shape::Read(offset) => rbd::Request::Read { offset, iovecs },
-            Shape::Write(offset) => rbd::Request::Write { offset, iovecs },
-            Shape::Flush => rbd::Request::Flush,
-            Shape::Discard(offset, len) => rbd::Request::Discard { offset, len },
-            Shape::WriteZeroes(offset, len, unmap) => {
-                rbd::Request::WriteZeroes { offset, len, unmap }
+    /// Starts this operation on `image` with `iovecs`, reporting to `on_done`.
+    ///
+    /// # Safety
+    /// As [`rbd::Image::read`]: the buffers and `on_done` stay valid until it is called.
+    unsafe fn start(
+        self,
+        image: &rbd::Image,
+        iovecs: &[libc::iovec],
+        on_done: &rbd::OnDone,
+    ) -> io::Result<()> {
+        // SAFETY: the caller's contract is each call's.
+        unsafe {
+            match self {
+                Shape::Read(offset) => image.read(offset, iovecs, on_done),
+                Shape::Write(offset) => image.write(offset, iovecs, on_done),
+                Shape::Flush => image.flush(on_done),
+                Shape::Discard(offset, len) => image.discard(offset, len, on_done),
+                Shape::WriteZeroes(offset, len, unmap) => {
+                    image.write_zeroes(offset, len, unmap, on_done)
+                }
             }
         }
     }
@@ -158,7 +170,7 @@ impl Engine for RbdEngine {
         // SAFETY: the buffers are the operation's own, held in `pending` (their iovec list
         // does not move) until the callback has run and the completion is reaped; the
         // callback lives in `callbacks`, and Drop waits for every request in flight.
-        match unsafe { self.image.start(shape.request(iovecs), callback) } {
+        match unsafe { shape.start(&self.image, iovecs, callback) } {
             Ok(()) => self.in_flight += 1,
             Err(e) => {
                 if let Some(refused) = self.pending.complete(index, 0) {

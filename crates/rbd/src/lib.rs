@@ -1,8 +1,9 @@
-//! Ceph RBD images, through librbd and librados loaded at run time ([`ffi`]).
+//! Ceph RBD images, through librbd and librados loaded at run time (see the `ffi` module).
 //!
 //! An [`Image`] is one open image on one cluster connection. Its I/O is asynchronous only:
-//! [`Image::start`] hands librbd a request whose buffers it reads or fills in place (no
-//! copies), and librbd calls the request's [`OnDone`] from its own thread when it finishes.
+//! [`Image::read`], [`Image::write`] and the others hand librbd a request whose buffers it
+//! reads or fills in place (no copies), and librbd calls the request's [`OnDone`] from its own
+//! thread when it finishes.
 //! One handle serves every queue of a disk: librbd's asynchronous calls are thread-safe, and a
 //! second handle on the same image would fight the first for the image's exclusive lock.
 
@@ -112,29 +113,6 @@ impl Spec {
         }
         name
     }
-}
-
-/// A request for [`Image::start`]; offsets and lengths in bytes.
-pub enum Request<'a> {
-    Read {
-        offset: u64,
-        iovecs: &'a [libc::iovec],
-    },
-    Write {
-        offset: u64,
-        iovecs: &'a [libc::iovec],
-    },
-    Flush,
-    Discard {
-        offset: u64,
-        len: u64,
-    },
-    /// `unmap`: the range may be deallocated.
-    WriteZeroes {
-        offset: u64,
-        len: u64,
-        unmap: bool,
-    },
 }
 
 /// A librbd result: non-negative is success, negative `-errno`.
@@ -294,50 +272,122 @@ impl Image {
         Ok(size)
     }
 
-    /// Starts `request`; `on_done` is called once, from a librbd thread, when it finishes. An
-    /// error here means it never started, and `on_done` will not be called.
+    /// Starts a read of the image at `offset` into `iovecs`; `on_done` is called once, from
+    /// a librbd thread, when it finishes. An error means it never started, and `on_done` will
+    /// not be called.
     ///
     /// # Safety
-    /// The memory the request's iovecs describe, and `on_done` itself (its address is what
-    /// librbd is given), must stay valid and in place until `on_done` has been called.
-    pub unsafe fn start(&self, request: Request<'_>, on_done: &OnDone) -> io::Result<()> {
+    /// The memory the iovecs describe, and `on_done` itself (its address is what librbd is
+    /// given), must stay valid and in place until `on_done` has been called.
+    pub unsafe fn read(
+        &self,
+        offset: u64,
+        iovecs: &[libc::iovec],
+        on_done: &OnDone,
+    ) -> io::Result<()> {
+        let (image, lib) = (self.image, self.lib);
+        // SAFETY: the caller keeps the iovecs and `on_done` valid (this function's contract).
+        unsafe {
+            self.start(on_done, |c| {
+                (lib.rbd_aio_readv)(image, iovecs.as_ptr(), iovec_count(iovecs), offset, c)
+            })
+        }
+    }
+
+    /// Starts a write of `iovecs` to the image at `offset`.
+    ///
+    /// # Safety
+    /// As [`Image::read`].
+    pub unsafe fn write(
+        &self,
+        offset: u64,
+        iovecs: &[libc::iovec],
+        on_done: &OnDone,
+    ) -> io::Result<()> {
+        let (image, lib) = (self.image, self.lib);
+        // SAFETY: as for reads.
+        unsafe {
+            self.start(on_done, |c| {
+                (lib.rbd_aio_writev)(image, iovecs.as_ptr(), iovec_count(iovecs), offset, c)
+            })
+        }
+    }
+
+    /// Starts a flush of what the image has acknowledged.
+    ///
+    /// # Safety
+    /// As [`Image::read`], for `on_done`.
+    pub unsafe fn flush(&self, on_done: &OnDone) -> io::Result<()> {
+        let (image, lib) = (self.image, self.lib);
+        // SAFETY: `on_done` stays valid (this function's contract).
+        unsafe { self.start(on_done, |c| (lib.rbd_aio_flush)(image, c)) }
+    }
+
+    /// Starts deallocating `len` bytes at `offset`.
+    ///
+    /// # Safety
+    /// As [`Image::read`], for `on_done`.
+    pub unsafe fn discard(&self, offset: u64, len: u64, on_done: &OnDone) -> io::Result<()> {
+        let (image, lib) = (self.image, self.lib);
+        // SAFETY: `on_done` stays valid (this function's contract).
+        unsafe { self.start(on_done, |c| (lib.rbd_aio_discard)(image, offset, len, c)) }
+    }
+
+    /// Starts zeroing `len` bytes at `offset`, deallocating them if `unmap` allows.
+    ///
+    /// # Safety
+    /// As [`Image::read`], for `on_done`.
+    pub unsafe fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+        on_done: &OnDone,
+    ) -> io::Result<()> {
+        let (image, lib) = (self.image, self.lib);
+        let flags = if unmap {
+            0
+        } else {
+            ffi::WRITE_ZEROES_FLAG_THICK_PROVISION
+        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        // SAFETY: `on_done` stays valid (this function's contract).
+        unsafe {
+            self.start(on_done, |c| {
+                (lib.rbd_aio_write_zeroes)(image, offset, len, c, flags, 0)
+            })
+        }
+    }
+
+    /// Makes a completion that reports to `on_done` and passes it to `call`, which starts
+    /// the request with it; `on_done` is then called once, from a librbd thread, when the
+    /// request finishes. An error means it never started, and `on_done` will not be called.
+    ///
+    /// # Safety
+    /// `on_done` itself (its address is what librbd is given) and any memory the request
+    /// refers to must stay valid and in place until `on_done` has been called.
+    unsafe fn start(
+        &self,
+        on_done: &OnDone,
+        call: impl FnOnce(ffi::CompletionT) -> c_int,
+    ) -> io::Result<()> {
         let lib = self.lib;
         let mut c: ffi::CompletionT = std::ptr::null_mut();
         let arg = (on_done as *const OnDone).cast_mut().cast::<c_void>();
         // SAFETY: a valid out-pointer; `arg` stays valid per this function's contract.
         check(unsafe { (lib.rbd_aio_create_completion)(arg, finished, &mut c) })?;
-        let count = |iovecs: &[libc::iovec]| c_int::try_from(iovecs.len()).unwrap_or(c_int::MAX);
-        // SAFETY: an open image, a fresh completion, and buffers valid per the contract.
-        let ret = unsafe {
-            match request {
-                Request::Read { offset, iovecs } => {
-                    (lib.rbd_aio_readv)(self.image, iovecs.as_ptr(), count(iovecs), offset, c)
-                }
-                Request::Write { offset, iovecs } => {
-                    (lib.rbd_aio_writev)(self.image, iovecs.as_ptr(), count(iovecs), offset, c)
-                }
-                Request::Flush => (lib.rbd_aio_flush)(self.image, c),
-                Request::Discard { offset, len } => {
-                    (lib.rbd_aio_discard)(self.image, offset, len, c)
-                }
-                Request::WriteZeroes { offset, len, unmap } => {
-                    let flags = if unmap {
-                        0
-                    } else {
-                        ffi::WRITE_ZEROES_FLAG_THICK_PROVISION
-                    };
-                    let len = usize::try_from(len).unwrap_or(usize::MAX);
-                    (lib.rbd_aio_write_zeroes)(self.image, offset, len, c, flags, 0)
-                }
-            }
-        };
-        if let Err(e) = check(ret) {
+        if let Err(e) = check(call(c)) {
             // SAFETY: the completion was never handed to an operation.
             unsafe { (lib.rbd_aio_release)(c) };
             return Err(e);
         }
         Ok(())
     }
+}
+
+/// An iovec list's length as librbd takes it; fewer if it were longer (a short transfer).
+fn iovec_count(iovecs: &[libc::iovec]) -> c_int {
+    c_int::try_from(iovecs.len()).unwrap_or(c_int::MAX)
 }
 
 /// librbd's completion callback: reports the result to the request's [`OnDone`].
