@@ -13,6 +13,9 @@ pub type IoCtxT = *mut c_void;
 pub type ImageT = *mut c_void;
 pub type CompletionT = *mut c_void;
 pub type Callback = unsafe extern "C" fn(CompletionT, *mut c_void);
+/// `rbd_aio_readv` and `rbd_aio_writev`.
+pub type VectoredIo =
+    unsafe extern "C" fn(ImageT, *const libc::iovec, c_int, u64, CompletionT) -> c_int;
 
 /// `RBD_WRITE_ZEROES_FLAG_THICK_PROVISION`: zero without deallocating.
 pub const WRITE_ZEROES_FLAG_THICK_PROVISION: c_int = 1;

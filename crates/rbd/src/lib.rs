@@ -285,13 +285,8 @@ impl Image {
         iovecs: &[libc::iovec],
         on_done: &OnDone,
     ) -> io::Result<()> {
-        let (image, lib) = (self.image, self.lib);
-        // SAFETY: the caller keeps the iovecs and `on_done` valid (this function's contract).
-        unsafe {
-            self.start(on_done, |c| {
-                (lib.rbd_aio_readv)(image, iovecs.as_ptr(), iovec_count(iovecs), offset, c)
-            })
-        }
+        // SAFETY: this function's contract is `transfer`'s.
+        unsafe { self.transfer(self.lib.rbd_aio_readv, offset, iovecs, on_done) }
     }
 
     /// Starts a write of `iovecs` to the image at `offset`.
@@ -304,13 +299,28 @@ impl Image {
         iovecs: &[libc::iovec],
         on_done: &OnDone,
     ) -> io::Result<()> {
-        let (image, lib) = (self.image, self.lib);
         // SAFETY: as for reads.
-        unsafe {
-            self.start(on_done, |c| {
-                (lib.rbd_aio_writev)(image, iovecs.as_ptr(), iovec_count(iovecs), offset, c)
-            })
-        }
+        unsafe { self.transfer(self.lib.rbd_aio_writev, offset, iovecs, on_done) }
+    }
+
+    /// Starts `call` (`rbd_aio_readv` or `rbd_aio_writev`) on `iovecs` at `offset`.
+    ///
+    /// # Safety
+    /// As [`Image::read`].
+    unsafe fn transfer(
+        &self,
+        call: ffi::VectoredIo,
+        offset: u64,
+        iovecs: &[libc::iovec],
+        on_done: &OnDone,
+    ) -> io::Result<()> {
+        let image = self.image;
+        // librbd reports a write as 0, not as bytes: a list cut short would look complete.
+        let count = c_int::try_from(iovecs.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: the caller keeps the iovecs and `on_done` valid (this function's contract);
+        // `count` is their number.
+        unsafe { self.start(on_done, |c| call(image, iovecs.as_ptr(), count, offset, c)) }
     }
 
     /// Starts a flush of what the image has acknowledged.
@@ -383,11 +393,6 @@ impl Image {
         }
         Ok(())
     }
-}
-
-/// An iovec list's length as librbd takes it; fewer if it were longer (a short transfer).
-fn iovec_count(iovecs: &[libc::iovec]) -> c_int {
-    c_int::try_from(iovecs.len()).unwrap_or(c_int::MAX)
 }
 
 /// librbd's completion callback: reports the result to the request's [`OnDone`].
