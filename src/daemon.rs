@@ -33,6 +33,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: vhost::vhost_user::Error,
     },
+    #[error("cannot set the permissions of {path}: {source}")]
+    Permissions { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Disk(#[from] DiskError),
     #[error(transparent)]
@@ -46,10 +48,34 @@ pub enum DaemonError {
     Io(#[from] io::Error),
 }
 
+/// The vhost-user socket to serve on.
+#[derive(Debug)]
+pub enum Socket {
+    /// Created here (replacing what is there), with these permissions: who may connect gets
+    /// the guest's memory and the disk, so the default is the owner only.
+    Path {
+        path: PathBuf,
+        mode: u32,
+        /// The group that may connect (with a mode that lets the group in).
+        group: Option<libc::gid_t>,
+    },
+    /// Listening already, passed by systemd (see [`crate::activation`]).
+    Activated(std::os::unix::net::UnixListener),
+}
+
+/// Sets `path`'s permission bits to `mode` and, if given, its group.
+fn restrict(path: &std::path::Path, mode: u32, group: Option<libc::gid_t>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
 /// Where and how to serve.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServeOptions {
-    pub socket: PathBuf,
+    pub socket: Socket,
     pub num_queues: u16,
     pub queue_size: u16,
     /// Busy-poll each queue for this long after its last work before sleeping.
@@ -155,12 +181,25 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         log::info!("metrics on http://{addr}/metrics");
     }
 
-    let mut listener = Listener::new(&opts.socket, true).map_err(|source| DaemonError::Listen {
-        path: opts.socket.clone(),
-        source,
-    })?;
-    log::info!("listening on {}", opts.socket.display());
-    crate::notify::notify("READY=1");
+    let mut listener = match &opts.socket {
+        Socket::Activated(listener) => {
+            log::info!("listening on the socket systemd passed");
+            Listener::from(listener.try_clone()?)
+        }
+        Socket::Path { path, mode, group } => {
+            let listener = Listener::new(path, true).map_err(|source| DaemonError::Listen {
+                path: path.clone(),
+                source,
+            })?;
+            restrict(path, *mode, *group).map_err(|source| DaemonError::Permissions {
+                path: path.clone(),
+                source,
+            })?;
+            log::info!("listening on {}", path.display());
+            listener
+        }
+    };
+    crate::notify::notify("READY=1\nSTATUS=waiting for a frontend");
 
     while !stop.requested() {
         // Build the next device before accepting, so a frontend never waits for it.
@@ -183,6 +222,7 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         }
         daemon.start(&mut listener).map_err(vhost_error)?;
         log::info!("frontend connected");
+        crate::notify::notify("STATUS=serving a frontend");
         let pages_gone = crate::sigbus::pages_replaced();
         *stop.connection.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
         if stop.requested() {
@@ -208,6 +248,9 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
                 VhostUserError::Disconnected | VhostUserError::PartialMessage,
             )) => log::info!("frontend disconnected"),
             Err(e) => log::warn!("frontend connection ended: {e}"),
+        }
+        if !stop.requested() {
+            crate::notify::notify("STATUS=waiting for a frontend");
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! one call-fd signal per batch). [`device`] is the vhost-user face of it all, [`daemon`] the
 //! accept/serve/drain loop. See `docs/architecture.md` for the whole story.
 
+pub mod activation;
 pub mod aligned;
 pub mod blk;
 pub mod control;

@@ -66,9 +66,18 @@ enum CtlCommand {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// The vhost-user unix socket to listen on (replaced if it exists).
+    /// The vhost-user unix socket to listen on (replaced if it exists). Not needed when
+    /// systemd passes the listening socket (socket activation).
     #[arg(long, value_name = "PATH")]
-    socket: PathBuf,
+    socket: Option<PathBuf>,
+    /// Permission bits of the socket --socket creates (octal). Whoever may connect gets the
+    /// guest's memory and the disk: the owner only, unless a group is trusted too.
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// The group the socket --socket creates belongs to (with e.g. --socket-mode 0660, the
+    /// group the VMM runs as, such as libvirt-qemu).
+    #[arg(long, value_name = "NAME", value_parser = parse_group)]
+    socket_group: Option<libc::gid_t>,
     /// Also serve a control socket here (mode 0600), for `vblkd ctl`: what is served, and
     /// statistics.
     #[arg(long, value_name = "PATH")]
@@ -131,6 +140,30 @@ struct ServeArgs {
     /// pin.
     #[arg(long, value_name = "MAX", value_parser = vblkd::size::parse)]
     fixed_buffers: Option<u64>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not a permission mode; write it in octal, e.g. 0660"))
+}
+
+fn parse_group(s: &str) -> Result<libc::gid_t, String> {
+    if let Ok(gid) = s.parse() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(s).map_err(|_| format!("'{s}' is not a group name"))?;
+    // SAFETY: getgrnam reads a C string and returns a pointer to static data (or null); we
+    // read one field right away, before anything else could call it.
+    let group = unsafe { libc::getgrnam(name.as_ptr()) };
+    if group.is_null() {
+        return Err(format!(
+            "no group '{s}'; give a group name from /etc/group or a number"
+        ));
+    }
+    // SAFETY: non-null, so it points to a valid `struct group`.
+    Ok(unsafe { (*group).gr_gid })
 }
 
 fn parse_queue_size(s: &str) -> Result<u16, String> {
@@ -235,6 +268,30 @@ fn open_disk(args: &ServeArgs) -> Result<Arc<dyn Disk>, Box<dyn std::error::Erro
 }
 
 fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Before anything else could see them: the variables are meant for this process only.
+    let activated = vblkd::activation::listener()
+        .map_err(|e| format!("cannot use the socket systemd passed: {e}"))?;
+    let socket = match (activated, &args.socket) {
+        (Some(listener), None) => daemon::Socket::Activated(listener),
+        (Some(_), Some(path)) => {
+            return Err(format!(
+            "systemd passed a listening socket, and --socket {} names another; leave --socket out",
+            path.display()
+        )
+            .into())
+        }
+        (None, Some(path)) => daemon::Socket::Path {
+            path: path.clone(),
+            mode: args.socket_mode,
+            group: args.socket_group,
+        },
+        (None, None) => {
+            return Err(
+                "--socket PATH is needed (unless systemd starts vblkd with socket activation)"
+                    .into(),
+            )
+        }
+    };
     // Before any thread exists, so that every thread inherits the mask.
     daemon::block_termination_signals()
         .map_err(|e| format!("cannot block termination signals: {e}"))?;
@@ -248,7 +305,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     daemon::serve(
         disk,
         &ServeOptions {
-            socket: args.socket,
+            socket,
             num_queues: args.num_queues,
             queue_size: args.queue_size,
             poll: (args.poll_us > 0)

@@ -32,6 +32,9 @@ pub fn notify(state: &str) {
 fn send(target: &std::ffi::OsStr, state: &str) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let socket = UnixDatagram::unbound()?;
+    // A supervisor that does not read would otherwise block the sender once its queue is
+    // full (ten datagrams by default): state messages are dropped rather than wait for it.
+    socket.set_nonblocking(true)?;
     match target.as_bytes().strip_prefix(b"@") {
         Some(name) => {
             use std::os::linux::net::SocketAddrExt;
@@ -130,6 +133,24 @@ mod tests {
         assert!(!supervisor
             .wait_for("READY=1", Duration::from_millis(300), || false)
             .unwrap());
+    }
+
+    #[test]
+    fn a_supervisor_that_does_not_read_never_blocks_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let supervisor = NotifySocket::bind(&dir.path().join("notify.sock")).unwrap();
+        // Its queue fills (ten datagrams by default); the sends after that fail at once.
+        let refused = (0..1000)
+            .map(|_| send(supervisor.path().as_os_str(), "STATUS=busy"))
+            .filter(|r| {
+                r.as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock)
+            })
+            .count();
+        assert!(
+            refused > 0,
+            "every send was queued; the queue never filled?"
+        );
     }
 
     #[test]
