@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::disk::DiskInfo;
+use crate::device::LiveState;
+use crate::disk::Disk;
 use crate::histogram::Histogram;
 use crate::stats::{Counter, QueueStats};
 
@@ -36,9 +37,11 @@ pub const MAX_CLIENTS: usize = 16;
 /// A connection that sends nothing for this long is closed.
 const IDLE: Duration = Duration::from_secs(300);
 
-/// What the control socket reports on.
+/// What the control socket reports on, and resizes.
 pub struct Served {
-    pub disk: DiskInfo,
+    pub disk: Arc<dyn Disk>,
+    /// The capacity now, and the frontend to tell when it changes.
+    pub live: Arc<LiveState>,
     /// What `--disk` named.
     pub disk_name: String,
     pub num_queues: u16,
@@ -105,9 +108,9 @@ pub fn spawn(path: &Path, served: Arc<Served>) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// The client side, for `vblkd ctl`: runs `command` on the daemon at `path` and returns what it
-/// returned, or why not.
-pub fn request(path: &Path, command: &str) -> Result<Value, String> {
+/// The client side, for `vblkd ctl`: runs `command` with `arguments` (`null` for none) on the
+/// daemon at `path` and returns what it returned, or why not.
+pub fn request(path: &Path, command: &str, arguments: Value) -> Result<Value, String> {
     let fail = |e: io::Error| format!("cannot talk to vblkd at {}: {e}", path.display());
     let stream = UnixStream::connect(path).map_err(|e| {
         format!(
@@ -131,7 +134,7 @@ pub fn request(path: &Path, command: &str) -> Result<Value, String> {
         ));
     }
     (&stream)
-        .write_all(format!("{}\n", json!({"execute": command})).as_bytes())
+        .write_all(format!("{}\n", json!({"execute": command, "arguments": arguments})).as_bytes())
         .map_err(fail)?;
     line.clear();
     reader.read_line(&mut line).map_err(fail)?;
@@ -189,25 +192,58 @@ pub fn answer(line: &[u8], served: &Served) -> Value {
     let Some(command) = request.get("execute").and_then(Value::as_str) else {
         return error_reply(
             "InvalidRequest",
-            r#"a request is {"execute": COMMAND}; commands: info, stats"#,
+            r#"a request is {"execute": COMMAND}; commands: info, stats, resize"#,
         );
     };
     match command {
         "info" => json!({"return": info(served)}),
         "stats" => json!({"return": stats(served)}),
+        "resize" => {
+            let size = &request["arguments"]["size"];
+            let size = match (size.is_null(), size.as_u64()) {
+                (true, _) => None,
+                (false, Some(size)) => Some(size),
+                (false, None) => {
+                    return error_reply("InvalidRequest", "size is a number of bytes");
+                }
+            };
+            match resize(served, size) {
+                Ok(reply) => json!({"return": reply}),
+                Err(desc) => error_reply("ResizeFailed", &desc),
+            }
+        }
         other => error_reply(
             "CommandNotFound",
-            &format!("no command '{other}'; commands: info, stats"),
+            &format!("no command '{other}'; commands: info, stats, resize"),
         ),
     }
 }
 
+/// Grows the disk to `size` (or takes its new size from the backend) and announces it.
+fn resize(served: &Served, size: Option<u64>) -> Result<Value, String> {
+    let before = served.live.capacity();
+    if let Some(size) = size.filter(|&size| size < before) {
+        return Err(format!(
+            "refusing to shrink the disk from {before} to {size} bytes: the guest may hold data there"
+        ));
+    }
+    let capacity = served.disk.resize(size).map_err(|e| e.to_string())?;
+    if capacity < before {
+        return Err(format!(
+            "the disk is now {capacity} bytes, smaller than the {before} the guest was shown; keeping {before}"
+        ));
+    }
+    let told = served.live.resize(capacity)?;
+    log::info!("disk resized from {before} to {capacity} bytes");
+    Ok(json!({"capacity": capacity, "previous": before, "frontend_told": told}))
+}
+
 fn info(served: &Served) -> Value {
-    let d = &served.disk;
+    let d = served.disk.info();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "disk": served.disk_name,
-        "capacity": d.capacity,
+        "capacity": served.live.capacity(),
         "logical_block_size": d.logical_block_size,
         "physical_block_size": d.physical_block_size,
         "read_only": d.read_only,

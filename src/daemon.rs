@@ -21,7 +21,7 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::device::BlockDevice;
+use crate::device::{BlockDevice, LiveState};
 use crate::disk::{Disk, DiskError};
 use crate::stats::QueueStats;
 use crate::{control, metrics};
@@ -163,10 +163,12 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         connection: Mutex::new(None),
     });
     spawn_signal_watcher(stop.clone())?;
-    // Counters live as long as the daemon, across frontend connections.
+    // Counters and the capacity live as long as the daemon, across frontend connections.
     let stats: Vec<Arc<QueueStats>> = (0..opts.num_queues).map(|_| Arc::default()).collect();
+    let live = Arc::new(LiveState::new(disk.info().capacity));
     let served = Arc::new(control::Served {
-        disk: disk.info().clone(),
+        disk: disk.clone(),
+        live: live.clone(),
         disk_name: opts.disk_name.clone(),
         num_queues: opts.num_queues,
         queue_size: opts.queue_size,
@@ -211,6 +213,7 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
             opts.poll,
             mem.clone(),
             &stats,
+            live.clone(),
         )?);
         let mut daemon =
             VhostUserDaemon::new("vblkd".into(), device.clone(), mem).map_err(vhost_error)?;
@@ -233,6 +236,7 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        live.disconnected();
         device.drain();
         stop_workers(&daemon);
         let pages_gone = crate::sigbus::pages_replaced() - pages_gone;

@@ -17,13 +17,14 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use vhost::vhost_user::message::{
     VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
+use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
@@ -35,13 +36,55 @@ use crate::blk::config::{
     config_space, device_features, max_request_bytes, CONFIG_LEN, WRITEBACK_OFFSET,
 };
 use crate::blk::layout::ConfigSpace;
-use crate::disk::{Disk, DiskError};
+use crate::disk::{Disk, DiskError, DiskInfo};
 use crate::inflight::InflightBuffer;
 use crate::ratelimit::limited;
 use crate::sigbus;
 use crate::stats::QueueStats;
 use crate::worker::{QueueWorker, WorkerConfig};
 use crate::GuestMemory;
+
+/// What outlives a connection and may change while a disk is served: its capacity (online
+/// resize), and the channel on which the current frontend can be told of a new one.
+pub struct LiveState {
+    capacity: AtomicU64,
+    /// The frontend's backend channel (`SET_BACKEND_REQ_FD`), while one is connected.
+    channel: Mutex<Option<Backend>>,
+}
+
+impl LiveState {
+    pub fn new(capacity: u64) -> Self {
+        LiveState {
+            capacity: AtomicU64::new(capacity),
+            channel: Mutex::new(None),
+        }
+    }
+
+    /// The capacity every bounds check and the config space use now.
+    pub fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Makes `capacity` the disk's size and tells the connected frontend
+    /// (`VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`), which passes it on to the guest. Returns
+    /// whether a frontend was told: without one, the next frontend reads the new size.
+    pub fn resize(&self, capacity: u64) -> Result<bool, String> {
+        self.capacity.store(capacity, Ordering::Relaxed);
+        let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        match channel.as_ref() {
+            Some(channel) => channel
+                .config_change()
+                .map(|_| true)
+                .map_err(|e| format!("the size changed, but telling the frontend failed: {e}")),
+            None => Ok(false),
+        }
+    }
+
+    /// Forgets the frontend's channel (it hung up).
+    pub fn disconnected(&self) {
+        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
 
 /// Largest configuration-space read we answer (the virtio-blk config is well below this).
 const MAX_CONFIG_READ: u32 = 256;
@@ -55,6 +98,8 @@ pub struct BlockDevice {
     /// The in-flight tracking buffer the frontend set (GET_/SET_INFLIGHT_FD); each worker
     /// takes its region when its ring starts.
     inflight: Mutex<Option<Arc<InflightBuffer>>>,
+    /// The capacity (which a resize changes) and the frontend's channel to announce it.
+    live: Arc<LiveState>,
 }
 
 impl BlockDevice {
@@ -68,6 +113,7 @@ impl BlockDevice {
         poll: Option<Duration>,
         mem: GuestMemoryAtomic<GuestMemory>,
         stats: &[Arc<QueueStats>],
+        live: Arc<LiveState>,
     ) -> Result<Self, DiskError> {
         let write_cache = Arc::new(AtomicBool::new(disk.info().write_cache));
         let config = Arc::new(WorkerConfig::new(
@@ -75,6 +121,7 @@ impl BlockDevice {
             max_request_bytes(queue_size),
             write_cache.clone(),
             poll,
+            live.clone(),
         ));
         let workers = (0..usize::from(num_queues))
             .zip(stats)
@@ -97,6 +144,7 @@ impl BlockDevice {
             write_cache,
             workers,
             inflight: Mutex::new(None),
+            live,
         })
     }
 
@@ -132,8 +180,12 @@ impl BlockDevice {
     }
 
     fn config(&self) -> ConfigSpace {
+        let info = DiskInfo {
+            capacity: self.live.capacity(),
+            ..self.disk.info().clone()
+        };
         config_space(
-            self.disk.info(),
+            &info,
             self.num_queues,
             self.queue_size,
             self.write_cache.load(Ordering::Relaxed),
@@ -159,10 +211,15 @@ impl VhostUserBackend for BlockDevice {
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        *self.live.channel.lock().unwrap_or_else(|p| p.into_inner()) = Some(backend);
     }
 
     fn set_event_idx(&self, _enabled: bool) {

@@ -62,6 +62,17 @@ enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Grow the disk while the guest runs, and tell the guest. A file grows to SIZE; for a
+    /// block device or an RBD image resized by other means, leave SIZE out. Shrinking is
+    /// refused.
+    Resize {
+        /// The new size; suffixes K, M, G, T.
+        #[arg(value_parser = vblkd::size::parse)]
+        size: Option<u64>,
+        /// Print the reply as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -319,11 +330,12 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn ctl(args: &CtlArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let (command, json) = match args.command {
-        CtlCommand::Info { json } => ("info", json),
-        CtlCommand::Stats { json } => ("stats", json),
+    let (command, arguments, json) = match args.command {
+        CtlCommand::Info { json } => ("info", serde_json::Value::Null, json),
+        CtlCommand::Stats { json } => ("stats", serde_json::Value::Null, json),
+        CtlCommand::Resize { size, json } => ("resize", serde_json::json!({ "size": size }), json),
     };
-    let reply = vblkd::control::request(&args.control, command)?;
+    let reply = vblkd::control::request(&args.control, command, arguments)?;
     let mut out = String::new();
     if json {
         out = format!("{reply}\n");

@@ -34,6 +34,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use crate::aligned::AlignedBuffer;
 use crate::blk::layout::status;
 use crate::blk::request::{self, Limits, Rejected, Request, RequestKind, Scratch};
+use crate::device::LiveState;
 use crate::disk::DiskInfo;
 use crate::engine::{wait_for_completions, Completion, DataBuffers, Engine, IoOp};
 use crate::inflight::InflightQueue;
@@ -65,6 +66,9 @@ pub struct WorkerConfig {
     /// Busy-poll the queue and the engine for up to this long after the last work before
     /// sleeping (the maximum of an adaptive window, see [`poll`]).
     pub poll: Option<Duration>,
+    /// The capacity requests are checked against, which an online resize changes (the one in
+    /// `limits` is the size at start).
+    pub live: Arc<LiveState>,
 }
 
 impl WorkerConfig {
@@ -73,8 +77,10 @@ impl WorkerConfig {
         max_data_bytes: u64,
         write_cache: Arc<AtomicBool>,
         poll: Option<Duration>,
+        live: Arc<LiveState>,
     ) -> Self {
         WorkerConfig {
+            live,
             poll,
             limits: Limits::new(info, max_data_bytes),
             serial: info.serial.clone(),
@@ -578,8 +584,11 @@ impl QueueWorker {
             return Started::Ignored;
         }
         let config = &*self.config;
-        let req = match request::parse(chain, mem, &config.limits, &mut self.scratch, &mut slot.iov)
-        {
+        let limits = Limits {
+            capacity: config.live.capacity(),
+            ..config.limits
+        };
+        let req = match request::parse(chain, mem, &limits, &mut self.scratch, &mut slot.iov) {
             Ok(req) => req,
             Err(Rejected { status, error }) => {
                 self.stats.rejected(error);

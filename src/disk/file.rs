@@ -79,6 +79,8 @@ pub struct FileDiskOptions {
 #[derive(Debug)]
 pub struct FileDisk {
     file: File,
+    path: PathBuf,
+    block_device: bool,
     info: DiskInfo,
     aio: AioMode,
     threads: usize,
@@ -195,6 +197,8 @@ impl FileDisk {
         };
         Ok(FileDisk {
             file,
+            path: path.clone(),
+            block_device: is_block_device,
             info,
             aio,
             threads: opts.threads,
@@ -217,6 +221,32 @@ impl FileDisk {
 impl Disk for FileDisk {
     fn info(&self) -> &DiskInfo {
         &self.info
+    }
+
+    fn resize(&self, size: Option<u64>) -> Result<u64, DiskError> {
+        let path = &self.path;
+        let size = if self.block_device {
+            if size.is_some() {
+                return Err(DiskError::SizeOnBlockDevice(path.clone()));
+            }
+            block_device_size(&self.file, path)?
+        } else {
+            let now = file_len(&self.file, path)?;
+            match size {
+                Some(size) if size > now => {
+                    self.file
+                        .set_len(size)
+                        .map_err(|source| DiskError::Resize {
+                            path: path.clone(),
+                            size,
+                            source,
+                        })?;
+                    size
+                }
+                _ => now,
+            }
+        };
+        super::whole_blocks(path, size, self.info.logical_block_size)
     }
 
     fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {

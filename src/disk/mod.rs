@@ -72,6 +72,14 @@ pub trait Disk: Send + Sync {
 
     /// A new engine for one queue, able to hold `capacity` operations in flight.
     fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError>;
+
+    /// Grows the disk to `size` bytes, or with `None` finds out how large it is now (a block
+    /// device, an image resized by its owner); returns the new capacity, in whole blocks.
+    /// Shrinking is the caller's to refuse.
+    fn resize(&self, size: Option<u64>) -> Result<u64, DiskError> {
+        let _ = size;
+        Err(DiskError::ResizeUnsupported)
+    }
 }
 
 /// Why a disk could not be opened or served. Each message says what to do about it.
@@ -115,6 +123,10 @@ pub enum DiskError {
     DeviceBlockSize { path: PathBuf, device: u32 },
     #[error("--aio native needs O_DIRECT (--cache none or directsync): with the page cache, io_submit blocks until the I/O is done; use --aio io_uring or threads for cached modes")]
     NativeNeedsDirectIo,
+    #[error("RBD image {image} is {size} bytes; grow it with `rbd resize --size SIZE {image}` and run resize without a size")]
+    RbdSize { image: String, size: u64 },
+    #[error("this kind of disk cannot be resized while served")]
+    ResizeUnsupported,
     #[error("cannot start the I/O engine: {0}")]
     Engine(io::Error),
 }

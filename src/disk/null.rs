@@ -37,6 +37,11 @@ impl Disk for NullDisk {
         &self.info
     }
 
+    fn resize(&self, size: Option<u64>) -> Result<u64, DiskError> {
+        let size = size.unwrap_or(self.info.capacity);
+        super::whole_blocks("null".as_ref(), size, self.info.logical_block_size)
+    }
+
     fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
         Ok(Box::new(
             NullEngine::new(capacity).map_err(DiskError::Engine)?,

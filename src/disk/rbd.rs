@@ -61,6 +61,19 @@ impl Disk for RbdDisk {
         &self.info
     }
 
+    /// The image's size as it is now: grow the image with `rbd resize`, then tell vblkd. A
+    /// size given here must be that size.
+    fn resize(&self, size: Option<u64>) -> Result<u64, DiskError> {
+        let now = self.image.size().map_err(DiskError::Engine)?;
+        if size.is_some_and(|s| s != now) {
+            return Err(DiskError::RbdSize {
+                image: self.name.clone(),
+                size: now,
+            });
+        }
+        super::whole_blocks(self.name.as_ref(), now, self.info.logical_block_size)
+    }
+
     fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
         let engine = RbdEngine::new(self.image.clone(), capacity).map_err(DiskError::Engine)?;
         Ok(Box::new(engine))

@@ -236,6 +236,7 @@ impl Harness {
             honours_flush: true,
             write_cache: Arc::new(AtomicBool::new(true)),
             poll: None,
+            live: Arc::new(crate::device::LiveState::new(DISK_BYTES as u64)),
         };
         let mut worker = QueueWorker::new(
             0,

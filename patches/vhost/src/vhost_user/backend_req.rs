@@ -107,6 +107,14 @@ impl Backend {
         }
     }
 
+    /// Tells the frontend that the device's configuration space changed
+    /// (`VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`, which has no payload); the frontend reads it
+    /// again with `GET_CONFIG` and tells the guest.
+    pub fn config_change(&self) -> Result<u64> {
+        let mut guard = self.inner.lock().unwrap();
+        guard.send_message(BackendReq::CONFIG_CHANGE_MSG, &VhostUserEmpty, None)
+    }
+
     /// Create a new instance from a `UnixStream` object.
     pub fn from_stream(sock: UnixStream) -> Self {
         Self::new(Endpoint::<VhostUserMsgHeader<BackendReq>>::from_stream(
