@@ -307,5 +307,12 @@ fn stats(served: &Served) -> Value {
         q.insert("latency_us".into(), latency(h));
     }
     total.insert("latency_us".into(), latency(&all));
+    let engine: Map<String, Value> = served
+        .disk
+        .counters()
+        .into_iter()
+        .map(|(name, n)| (name.into(), n.into()))
+        .collect();
+    total.insert("engine".into(), engine.into());
     json!({"total": total, "queues": queues})
 }

@@ -71,6 +71,15 @@ impl Collector for Figures {
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
+        for (name, n) in self.0.disk.counters() {
+            let family = encoder.encode_descriptor(
+                name,
+                "The disk's I/O engines' own count",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(n).encode(family)?;
+        }
         let mut family = encoder.encode_descriptor(
             "in_flight",
             "Requests between the avail ring and the used ring",

@@ -346,8 +346,20 @@ fn engine_stats(log: &str) -> Vec<EngineStats> {
 fn aoe_survives_loss_reordering_and_duplicates() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut rig = Rig::lossy(dir.path(), 9000);
-    let daemon = rig.daemon(dir.path(), &[]);
+    let control = dir.path().join("control.sock");
+    let daemon = rig.daemon(dir.path(), &["--control", control.to_str().unwrap()]);
     verify_random_io(&rig, &daemon);
+    let out = std::process::Command::new(common::vblkd_bin())
+        .args([
+            "ctl",
+            "--control",
+            control.to_str().unwrap(),
+            "stats",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let live: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl stats");
     let (status, log) = daemon.stop_with_log();
     assert!(status.success());
     let stats = rig.relay.take().unwrap().stop();
@@ -364,6 +376,10 @@ fn aoe_survives_loss_reordering_and_duplicates() {
         retransmitted > 0 && retransmitted < frames,
         "{engines:?}\n{log}"
     );
+    // The same figures, live through the control socket (nothing was sent after the query).
+    let engine = &live["total"]["engine"];
+    assert_eq!(engine["aoe_frames"], frames, "{live}");
+    assert_eq!(engine["aoe_retransmitted"], retransmitted, "{live}");
 }
 
 #[test]

@@ -2,11 +2,11 @@
 //! AoE r11 target) shown to the guest as a virtio-blk disk, with no aoe kernel module.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Disk, DiskError, DiskInfo};
-use crate::engine::{AoeEngine, AoeTarget, Engine};
+use crate::engine::{AoeCounters, AoeEngine, AoeTarget, Engine};
 use aoe::{discover, parse_address, AoeError};
 
 pub struct AoeDisk {
@@ -14,6 +14,8 @@ pub struct AoeDisk {
     target: Arc<AoeTarget>,
     /// Hands each queue's engine its own tag prefix.
     next_engine: AtomicU8,
+    /// What every engine made so far has done.
+    counters: Mutex<Vec<Arc<AoeCounters>>>,
 }
 
 impl AoeDisk {
@@ -63,6 +65,7 @@ impl AoeDisk {
                 deadline,
             }),
             next_engine: AtomicU8::new(0),
+            counters: Mutex::new(Vec::new()),
         })
     }
 }
@@ -74,8 +77,25 @@ impl Disk for AoeDisk {
 
     fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
         let id = self.next_engine.fetch_add(1, Ordering::Relaxed);
-        Ok(Box::new(
-            AoeEngine::new(self.target.clone(), id, capacity).map_err(DiskError::Engine)?,
-        ))
+        let counters = Arc::new(AoeCounters::default());
+        let engine = AoeEngine::new(self.target.clone(), id, capacity, counters.clone())
+            .map_err(DiskError::Engine)?;
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(counters);
+        Ok(Box::new(engine))
+    }
+
+    /// Every engine's counters (today's and those of earlier connections), summed.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let engines = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = AoeCounters::default().values();
+        for engine in engines.iter() {
+            for (sum, (_, n)) in total.iter_mut().zip(engine.values()) {
+                sum.1 += n;
+            }
+        }
+        total.to_vec()
     }
 }

@@ -73,6 +73,12 @@ pub trait Disk: Send + Sync {
     /// A new engine for one queue, able to hold `capacity` operations in flight.
     fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError>;
 
+    /// The engines' own counters (frames, retransmissions, ...), summed over every engine the
+    /// disk made; none for most disks.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// Grows the disk to `size` bytes, or with `None` finds out how large it is now (a block
     /// device, an image resized by its owner); returns the new capacity, in whole blocks.
     /// Shrinking is the caller's to refuse.

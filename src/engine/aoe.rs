@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,14 +129,39 @@ struct Initiator {
     reply_gathering: ReplyGathering,
     done: Vec<Completion>,
     tx: TxBatch,
-    stats: Stats,
+    counters: Arc<AoeCounters>,
 }
 
-/// What an engine did, logged when it stops: the first thing to look at on a lossy network.
+/// What an engine did: the first thing to look at on a lossy network. Written by the engine's
+/// own thread only (a load and a store), read by the control socket through the disk, and
+/// logged when the engine stops.
 #[derive(Debug, Default)]
-struct Stats {
-    frames: u64,
-    retransmitted: u64,
+pub struct AoeCounters {
+    frames: AtomicU64,
+    retransmitted: AtomicU64,
+    gathering_periods: AtomicU64,
+}
+
+impl AoeCounters {
+    /// `(name, value)` of each counter.
+    pub fn values(&self) -> [(&'static str, u64); 3] {
+        [
+            ("aoe_frames", self.frames.load(Ordering::Relaxed)),
+            (
+                "aoe_retransmitted",
+                self.retransmitted.load(Ordering::Relaxed),
+            ),
+            (
+                "aoe_gathering_periods",
+                self.gathering_periods.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}
+
+/// Adds one to a counter only this engine writes.
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 const SOCKET_EVENT: u64 = 1;
@@ -209,7 +235,13 @@ impl Timer {
 
 impl AoeEngine {
     /// An engine with tag prefix `id`, opening its own socket on the target's interface.
-    pub fn new(target: Arc<AoeTarget>, id: u8, capacity: u16) -> io::Result<Self> {
+    /// An engine for `target` using tag prefix `id`, counting into `counters`.
+    pub fn new(
+        target: Arc<AoeTarget>,
+        id: u8,
+        capacity: u16,
+        counters: Arc<AoeCounters>,
+    ) -> io::Result<Self> {
         let mut socket = RawSocket::open(&target.iface)?;
         socket.accept_only_tag_prefix(id)?;
         socket.send_linear()?;
@@ -244,7 +276,7 @@ impl AoeEngine {
             reply_gathering: ReplyGathering::default(),
             done: Vec::new(),
             tx: TxBatch::default(),
-            stats: Stats::default(),
+            counters,
         };
         Ok(AoeEngine {
             socket,
@@ -330,9 +362,9 @@ impl Initiator {
 
     /// Queues `piece` for sending with a fresh tag.
     fn transmit(&mut self, piece: Piece, retries: u32) {
-        self.stats.frames += 1;
+        bump(&self.counters.frames);
         if retries > 0 {
-            self.stats.retransmitted += 1;
+            bump(&self.counters.retransmitted);
         }
         let tag = self.fresh_tag();
         let t = &*self.target;
@@ -598,11 +630,8 @@ impl Initiator {
 
 impl Drop for AoeEngine {
     fn drop(&mut self) {
-        let Stats {
-            frames,
-            retransmitted,
-        } = self.initiator.stats;
-        let gathering_periods = self.initiator.reply_gathering.periods();
+        let [(_, frames), (_, retransmitted), (_, gathering_periods)] =
+            self.initiator.counters.values();
         log::info!(
             "AoE engine {}: sent {frames} frames, {retransmitted} of them again after a timeout; \
              gathered replies in {gathering_periods} periods",
@@ -638,6 +667,7 @@ impl Engine for AoeEngine {
         }
         if period_over {
             self.initiator.reply_gathering.period_ended();
+            bump(&self.initiator.counters.gathering_periods);
         }
         self.initiator.handle_timeouts();
         self.transmit()?;
@@ -684,7 +714,7 @@ mod tests {
             reply_gathering: ReplyGathering::default(),
             done: Vec::new(),
             tx: TxBatch::default(),
-            stats: Stats::default(),
+            counters: Arc::default(),
         }
     }
 
@@ -856,7 +886,7 @@ mod tests {
         let (again_header, again_arg) = parse_request(&again);
         assert_ne!(lost_header.tag, again_header.tag);
         assert_eq!(again_arg.lba, 0);
-        assert_eq!(ini.stats.retransmitted, 1);
+        assert_eq!(ini.counters.values()[1], ("aoe_retransmitted", 1));
         // The first frame's answer arrives late: no longer ours.
         ini.handle_reply(&answer(&lost, 0x40, 0));
         assert!(ini.done.is_empty());

@@ -35,7 +35,7 @@ mod threads;
 mod uring;
 
 pub use aio::AioEngine;
-pub use aoe::{AoeEngine, AoeTarget};
+pub use aoe::{AoeCounters, AoeEngine, AoeTarget};
 pub use buffers::DataBuffers;
 pub use null::NullEngine;
 pub use rbd::RbdEngine;
