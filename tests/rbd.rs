@@ -164,6 +164,33 @@ fn a_snapshot_is_served_read_only_as_it_was() {
     assert!(daemon.stop().success());
 }
 
+/// Online resize of an RBD disk: the image grows with `rbd resize`, and `vblkd ctl resize`
+/// picks the new size up; a size that is not the image's is refused with what to do.
+#[test]
+fn an_image_grown_by_rbd_resize_is_picked_up() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cluster = Cluster::start(dir.path());
+    cluster.create_image("vm5", IMAGE_BYTES);
+    let control = dir.path().join("control.sock");
+    let control = control.to_str().unwrap();
+    let daemon = Daemon::start(
+        dir.path(),
+        &["--disk", &cluster.disk("vm5"), "--control", control],
+    );
+    let image = format!("{}/vm5", common::ceph::POOL);
+    cluster.rbd(&["resize", "--no-progress", "--size", "96M", &image]);
+    let (code, stderr) = run_vblkd(&["ctl", "--control", control, "resize", "128M"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("rbd resize"), "{stderr}");
+    let (code, stderr) = run_vblkd(&["ctl", "--control", control, "resize"]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut client = Client::connect(&daemon.socket, 1, false, BUFFER_BYTES).unwrap();
+    assert_eq!(client.capacity(), 96 << 20);
+    assert_eq!(client.write_sync(0, 80 << 20, &[0x77; 4096]), 0);
+    drop(client);
+    assert!(daemon.stop().success());
+}
+
 /// The QEMU guest test (O_DIRECT patterns at both ends, single sectors, WCE off) on an image;
 /// what the guest wrote is checked in `rbd export` of it.
 #[test]

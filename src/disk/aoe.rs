@@ -87,6 +87,19 @@ impl Disk for AoeDisk {
         Ok(Box::new(engine))
     }
 
+    /// The target's size as it says now (asked again with IDENTIFY DEVICE): grow what it
+    /// exports, then tell vblkd. A size given here must be that size.
+    fn resize(&self, size: Option<u64>) -> Result<u64, DiskError> {
+        let t = &self.target;
+        let found = discover::discover(&t.iface, t.shelf, t.slot)
+            .map_err(|e| DiskError::Engine(std::io::Error::other(e.to_string())))?;
+        let now = found.identity.sectors * 512;
+        if size.is_some_and(|s| s != now) {
+            return Err(DiskError::AoeSize { size: now });
+        }
+        Ok(now)
+    }
+
     /// Every engine's counters (today's and those of earlier connections), summed.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let engines = self.counters.lock().unwrap_or_else(|p| p.into_inner());

@@ -131,6 +131,8 @@ pub enum DiskError {
     NativeNeedsDirectIo,
     #[error("RBD image {image} is {size} bytes; grow it with `rbd resize --size SIZE {image}` and run resize without a size")]
     RbdSize { image: String, size: u64 },
+    #[error("the AoE target exports {size} bytes; grow what it exports (and restart it if it reads the size once, as vblade does), then run resize without a size")]
+    AoeSize { size: u64 },
     #[error("this kind of disk cannot be resized while served")]
     ResizeUnsupported,
     #[error("cannot start the I/O engine: {0}")]
