@@ -200,18 +200,7 @@ fn read_only_disk_is_offered_read_only() {
 #[test]
 fn sigterm_with_io_in_flight_exits_cleanly() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let disk = dir.path().join("disk.img");
-    let daemon = Daemon::start(
-        dir.path(),
-        &[
-            "--disk",
-            disk.to_str().unwrap(),
-            "--size",
-            "64M",
-            "--aio",
-            "threads",
-        ],
-    );
+    let (daemon, _disk) = Daemon::on_new_file(dir.path(), "64M", &["--aio", "threads"]);
     let mut client = Client::connect(&daemon.socket, 1, false, 32 << 20).unwrap();
     for i in 0..32 {
         let buf = client.buffer_ptr(i << 20);

@@ -43,20 +43,11 @@ fn run_vblkd_stdout(args: &[&str]) -> (i32, String) {
 #[test]
 fn stats_count_exactly_what_the_client_did() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let disk = dir.path().join("disk.img");
     let control = dir.path().join("control.sock");
-    let daemon = Daemon::start(
+    let (daemon, _disk) = Daemon::on_new_file(
         dir.path(),
-        &[
-            "--disk",
-            disk.to_str().unwrap(),
-            "--size",
-            "16M",
-            "--num-queues",
-            "2",
-            "--control",
-            control.to_str().unwrap(),
-        ],
+        "16M",
+        &["--num-queues", "2", "--control", control.to_str().unwrap()],
     );
     let mode = std::fs::metadata(&control).unwrap().permissions().mode();
     assert_eq!(

@@ -12,20 +12,8 @@ use common::{run_vblkd, Daemon};
 
 fn guest_test(aio: &str) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let disk = dir.path().join("disk.img");
-    let daemon = Daemon::start(
-        dir.path(),
-        &[
-            "--disk",
-            disk.to_str().unwrap(),
-            "--size",
-            "64M",
-            "--num-queues",
-            "2",
-            "--aio",
-            aio,
-        ],
-    );
+    let (daemon, disk) =
+        Daemon::on_new_file(dir.path(), "64M", &["--num-queues", "2", "--aio", aio]);
     // GET_ID returns the file name by default.
     check_guest(daemon, || std::fs::read(&disk).unwrap(), Some("disk.img"));
 }
@@ -51,20 +39,11 @@ fn qemu_guest_threads() {
 #[test]
 fn qemu_guest_sees_an_online_resize() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let disk = dir.path().join("disk.img");
     let control = dir.path().join("control.sock");
-    let daemon = Daemon::start(
+    let (daemon, disk) = Daemon::on_new_file(
         dir.path(),
-        &[
-            "--disk",
-            disk.to_str().unwrap(),
-            "--size",
-            "64M",
-            "--num-queues",
-            "2",
-            "--control",
-            control.to_str().unwrap(),
-        ],
+        "64M",
+        &["--num-queues", "2", "--control", control.to_str().unwrap()],
     );
     let guest = RunningGuest::start(&daemon.socket, "resize");
     let limit = Duration::from_secs(300);

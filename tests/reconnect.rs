@@ -33,18 +33,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn reconnecting_frontends_leak_no_fds_and_no_memory() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let disk = dir.path().join("disk.img");
-    let daemon = Daemon::start(
-        dir.path(),
-        &[
-            "--disk",
-            disk.to_str().unwrap(),
-            "--size",
-            "1M",
-            "--num-queues",
-            "4",
-        ],
-    );
+    let (daemon, _disk) = Daemon::on_new_file(dir.path(), "1M", &["--num-queues", "4"]);
     let pid = daemon.pid();
     // One connection: attach, read, and (while still attached, when the previous connection
     // is entirely gone and this one entirely built) count the daemon's fds and memory.

@@ -64,6 +64,15 @@ impl Daemon {
         Self::start_with(&[], dir, args)
     }
 
+    /// Starts a daemon on a new sparse file `DIR/disk.img` of `size` (e.g. "64M"), with
+    /// `extra` arguments; returns it and the file's path.
+    pub fn on_new_file(dir: &Path, size: &str, extra: &[&str]) -> (Daemon, PathBuf) {
+        let disk = dir.join("disk.img");
+        let mut args = vec!["--disk", disk.to_str().unwrap(), "--size", size];
+        args.extend_from_slice(extra);
+        (Self::start(dir, &args), disk)
+    }
+
     /// Like [`Daemon::start`], run through `wrapper` (e.g. `ip netns exec NS`), which must
     /// exec vblkd in its own process.
     pub fn start_with(wrapper: &[&str], dir: &Path, args: &[&str]) -> Daemon {
