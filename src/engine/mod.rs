@@ -28,6 +28,7 @@ mod aio;
 mod aoe;
 mod blocking;
 mod buffers;
+mod handoff;
 mod null;
 mod pending;
 mod rbd;

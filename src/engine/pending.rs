@@ -36,6 +36,11 @@ impl Pending {
         Ok(index as u64)
     }
 
+    /// How many operations are kept now (in flight).
+    pub fn in_use(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
     /// The buffers kept for `user_data`.
     pub fn data(&self, user_data: u64) -> Option<&DataBuffers> {
         let entry = self
@@ -71,6 +76,7 @@ mod tests {
         assert!(pending.complete(99, 0).is_none(), "never given out");
         let c = pending.insert(30, None).unwrap();
         assert_eq!(c, b, "the freed entry is reused");
+        assert_eq!(pending.in_use(), 2);
         let failed = pending.complete(a, -i64::from(libc::EIO)).unwrap();
         assert_eq!(failed.token, 10);
         assert_eq!(failed.result.unwrap_err().raw_os_error(), Some(libc::EIO));

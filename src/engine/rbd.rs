@@ -9,25 +9,21 @@
 //! but no lock of ours.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::handoff::Handoff;
 use super::pending::Pending;
-use super::{drain_eventfd, wait_for_completions, Completion, DataBuffers, Engine, IoOp};
+use super::{wait_for_completions, Completion, DataBuffers, Engine, IoOp};
 use crate::ratelimit::limited;
-
-/// What the callbacks share with the engine.
-struct Finished {
-    done: Mutex<Vec<(usize, isize)>>,
-    eventfd: EventFd,
-}
 
 pub struct RbdEngine {
     image: Arc<rbd::Image>,
-    finished: Arc<Finished>,
+    /// `(entry, result)` of each finished request, from librbd's callbacks.
+    finished: Arc<Handoff<(usize, isize)>>,
     /// One callback per entry of `pending`; librbd is given the address of the one for the
     /// request's entry, so they must not move while a request is in flight (a boxed slice
     /// never reallocates).
@@ -38,31 +34,20 @@ pub struct RbdEngine {
     writes: Box<[bool]>,
     /// Operations librbd refused to start, reported at the next reap.
     rejected: Vec<Completion>,
-    in_flight: usize,
+    /// Where `collect` takes finished requests, kept for its allocation.
+    finished_batch: Vec<(usize, isize)>,
 }
 
 impl RbdEngine {
     /// An engine for `image` with room for `capacity` requests in flight.
     pub fn new(image: Arc<rbd::Image>, capacity: u16) -> io::Result<Self> {
         let capacity = usize::from(capacity.max(1));
-        let finished = Arc::new(Finished {
-            done: Mutex::new(Vec::with_capacity(capacity)),
-            eventfd: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
-        });
+        let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        let finished = Arc::new(Handoff::new(eventfd));
         let callbacks = (0..capacity)
             .map(|index| {
                 let finished = finished.clone();
-                Box::new(move |result: isize| {
-                    let first = {
-                        let mut done = finished.done.lock().unwrap_or_else(|p| p.into_inner());
-                        done.push((index, result));
-                        done.len() == 1
-                    };
-                    if first {
-                        // A failed write can only mean the counter is full: readable anyway.
-                        let _ = finished.eventfd.write(1);
-                    }
-                }) as rbd::OnDone
+                Box::new(move |result: isize| finished.push((index, result))) as rbd::OnDone
             })
             .collect();
         Ok(RbdEngine {
@@ -72,21 +57,19 @@ impl RbdEngine {
             pending: Pending::new(capacity),
             writes: vec![false; capacity].into_boxed_slice(),
             rejected: Vec::new(),
-            in_flight: 0,
+            finished_batch: Vec::with_capacity(capacity),
         })
     }
 
     fn collect(&mut self, out: &mut Vec<Completion>) {
         out.append(&mut self.rejected);
-        let finished =
-            std::mem::take(&mut *self.finished.done.lock().unwrap_or_else(|p| p.into_inner()));
-        for (index, result) in finished {
+        self.finished.take(&mut self.finished_batch);
+        for (index, result) in self.finished_batch.drain(..) {
             let result = i64::try_from(result).unwrap_or(-i64::from(libc::EIO));
             if let Some(mut c) = self.pending.complete(index as u64, result) {
                 if let (Ok(0), Some(data), true) = (&c.result, &c.data, self.writes[index]) {
                     c.result = Ok(data.len());
                 }
-                self.in_flight -= 1;
                 out.push(c);
             }
         }
@@ -143,7 +126,7 @@ impl Shape {
 
 impl Engine for RbdEngine {
     fn completion_fd(&self) -> RawFd {
-        self.finished.eventfd.as_raw_fd()
+        self.finished.fd()
     }
 
     fn push(&mut self, token: u64, op: IoOp) {
@@ -170,15 +153,12 @@ impl Engine for RbdEngine {
         // SAFETY: the buffers are the operation's own, held in `pending` (their iovec list
         // does not move) until the callback has run and the completion is reaped; the
         // callback lives in `callbacks`, and Drop waits for every request in flight.
-        match unsafe { shape.start(&self.image, iovecs, callback) } {
-            Ok(()) => self.in_flight += 1,
-            Err(e) => {
-                if let Some(refused) = self.pending.complete(index, 0) {
-                    self.rejected.push(Completion {
-                        result: Err(e),
-                        ..refused
-                    });
-                }
+        if let Err(e) = unsafe { shape.start(&self.image, iovecs, callback) } {
+            if let Some(refused) = self.pending.complete(index, 0) {
+                self.rejected.push(Completion {
+                    result: Err(e),
+                    ..refused
+                });
             }
         }
     }
@@ -188,7 +168,7 @@ impl Engine for RbdEngine {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        drain_eventfd(&self.finished.eventfd)?;
+        self.finished.reset()?;
         self.collect(out);
         Ok(())
     }
@@ -206,18 +186,18 @@ impl Drop for RbdEngine {
     fn drop(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut done = Vec::new();
-        while self.in_flight > 0 && Instant::now() < deadline {
+        while self.pending.in_use() > 0 && Instant::now() < deadline {
             if wait_for_completions(self, 1000).is_err() {
                 break;
             }
             let _ = self.reap(&mut done);
             done.clear();
         }
-        if self.in_flight > 0 {
+        if self.pending.in_use() > 0 {
             limited!(
                 log::Level::Error,
                 "RBD: {} requests still in flight at shutdown; leaving their buffers to librbd",
-                self.in_flight
+                self.pending.in_use()
             );
             std::mem::forget(std::mem::replace(&mut self.pending, Pending::new(0)));
             std::mem::forget(std::mem::take(&mut self.callbacks));

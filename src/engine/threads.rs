@@ -5,19 +5,19 @@
 //! interface lacks, so it can be built around an eventfd that belongs to someone else.
 //!
 //! A batch is handed over under one lock, waking one thread per job (not the whole pool);
-//! finished jobs are collected under a second lock, and the eventfd the queue worker polls
-//! beside its vring kick is written only when that list goes from empty to non-empty — the
-//! worker always takes the whole list, so one signal per batch of completions is enough.
+//! finished jobs come back through a [`Handoff`]: a second lock, and an eventfd the queue
+//! worker polls beside its vring kick, written once per batch of completions.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{blocking, drain_eventfd, Completion, Engine, IoOp};
+use super::handoff::Handoff;
+use super::{blocking, Completion, Engine, IoOp};
 
 struct Job {
     token: u64,
@@ -34,8 +34,7 @@ struct Shared {
     fd: RawFd,
     queue: Mutex<Queue>,
     wake: Condvar,
-    done: Mutex<Vec<Completion>>,
-    notify: EventFd,
+    done: Handoff<Completion>,
 }
 
 /// A fixed-size pool of blocking I/O threads for one queue.
@@ -51,13 +50,13 @@ impl ThreadPool {
     /// A pool of `threads` threads doing I/O on `fd` (which must outlive the pool) and
     /// signalling `notify` when a job finishes.
     pub fn new(fd: RawFd, threads: usize, notify: EventFd) -> io::Result<Self> {
-        let completion_fd = notify.as_raw_fd();
+        let done = Handoff::new(notify);
+        let completion_fd = done.fd();
         let shared = Arc::new(Shared {
             fd,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
-            done: Mutex::new(Vec::new()),
-            notify,
+            done,
         });
         let threads = (0..threads.max(1))
             .map(|i| {
@@ -86,8 +85,7 @@ impl ThreadPool {
 
     /// Collects finished jobs without touching the eventfd; for engines that share theirs.
     pub(super) fn collect(&self, out: &mut Vec<Completion>) {
-        let mut done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
-        out.append(&mut done);
+        self.shared.done.take(out);
     }
 }
 
@@ -106,20 +104,11 @@ fn run(shared: &Shared) {
             }
         };
         let result = blocking::execute(shared.fd, &job.op);
-        let first = {
-            let mut done = shared.done.lock().unwrap_or_else(|p| p.into_inner());
-            done.push(Completion {
-                token: job.token,
-                result,
-                data: job.op.into_data(),
-            });
-            done.len() == 1
-        };
-        if first {
-            // A failed write to an eventfd can only mean its counter would overflow, in which
-            // case it is readable anyway.
-            let _ = shared.notify.write(1);
-        }
+        shared.done.push(Completion {
+            token: job.token,
+            result,
+            data: job.op.into_data(),
+        });
     }
 }
 
@@ -148,7 +137,7 @@ impl Engine for ThreadPool {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        drain_eventfd(&self.shared.notify)?;
+        self.shared.done.reset()?;
         self.collect(out);
         Ok(())
     }
