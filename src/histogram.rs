@@ -8,6 +8,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::stats::bump;
+
 const SUB_BUCKET_BITS: u32 = 6;
 const SUB_BUCKETS: u64 = 1 << SUB_BUCKET_BITS;
 /// Enough buckets for any u64 value.
@@ -71,14 +73,6 @@ impl Default for SharedHistogram {
             max: AtomicU64::new(0),
         }
     }
-}
-
-/// Adds to a counter only one thread writes: a load and a store, no locked instruction.
-fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(
-        counter.load(Ordering::Relaxed).saturating_add(n),
-        Ordering::Relaxed,
-    );
 }
 
 impl SharedHistogram {

@@ -86,10 +86,12 @@ impl Default for QueueStats {
     }
 }
 
-/// Adds `n` to a counter only one thread writes.
-fn bump(counter: &AtomicU64, n: u64) {
+/// Adds `n` to a counter only one thread writes: a load and a store, no locked
+/// read-modify-write on the I/O path. Readers on other threads see it a moment later. It
+/// saturates, which a count of requests or nanoseconds reaches only after centuries.
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
     counter.store(
-        counter.load(Ordering::Relaxed).wrapping_add(n),
+        counter.load(Ordering::Relaxed).saturating_add(n),
         Ordering::Relaxed,
     );
 }

@@ -32,6 +32,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::{Completion, DataBuffers, Engine, IoOp};
 use crate::iov;
 use crate::ratelimit::limited;
+use crate::stats::bump;
 use aoe::flow::FlowControl;
 use aoe::frame::{
     self, AtaArg, Frame, Header, Mac, AFLAG_EXTENDED, AFLAG_WRITE, ATA_FLUSH_CACHE, ATA_HEADER_LEN,
@@ -157,11 +158,6 @@ impl AoeCounters {
             ),
         ]
     }
-}
-
-/// Adds one to a counter only this engine writes.
-fn bump(counter: &AtomicU64) {
-    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 const SOCKET_EVENT: u64 = 1;
@@ -362,9 +358,9 @@ impl Initiator {
 
     /// Queues `piece` for sending with a fresh tag.
     fn transmit(&mut self, piece: Piece, retries: u32) {
-        bump(&self.counters.frames);
+        bump(&self.counters.frames, 1);
         if retries > 0 {
-            bump(&self.counters.retransmitted);
+            bump(&self.counters.retransmitted, 1);
         }
         let tag = self.fresh_tag();
         let t = &*self.target;
@@ -667,7 +663,7 @@ impl Engine for AoeEngine {
         }
         if period_over {
             self.initiator.reply_gathering.period_ended();
-            bump(&self.initiator.counters.gathering_periods);
+            bump(&self.initiator.counters.gathering_periods, 1);
         }
         self.initiator.handle_timeouts();
         self.transmit()?;
