@@ -38,17 +38,11 @@ struct Rig {
     relay: Option<Relay>,
 }
 
+/// Runs a network or vblade command; these tests need root.
 fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {cmd:?}: {e}; install iproute2 and vblade (scripts/setup)")
-        });
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {} (these tests need root)",
-        String::from_utf8_lossy(&out.stderr)
+    common::run_tool(
+        cmd,
+        "these tests need root, iproute2 and vblade, which scripts/setup installs",
     );
 }
 

@@ -48,19 +48,12 @@ fn uuid() -> String {
 
 /// Runs a Ceph tool to completion; fails the test with its output if it fails.
 fn run(program: &str, args: &[&str]) -> Vec<u8> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}); install ceph-mon ceph-osd ceph-common (scripts/setup does)")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let mut cmd = vec![program];
+    cmd.extend_from_slice(args);
+    super::run_tool(
+        &cmd,
+        "the Ceph tools come with ceph-mon ceph-osd ceph-common, which scripts/setup installs",
+    )
 }
 
 /// Starts a Ceph daemon in the foreground, killed if the test process dies.

@@ -201,6 +201,22 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs a tool (`cmd[0]` with the rest as arguments) to completion and returns its stdout;
+/// fails the test with its stderr if it fails, and `hint` (what it needs) either way.
+pub fn run_tool(cmd: &[&str], hint: &str) -> Vec<u8> {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}; {hint}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {} ({hint})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Runs `vblkd ARGS...` to completion, returning its exit code and stderr.
 pub fn run_vblkd(args: &[&str]) -> (i32, String) {
     let out = Command::new(vblkd_bin()).args(args).output().unwrap();
