@@ -12,6 +12,14 @@ use common::{eventually, first_difference, run_vblkd, usize_of, Client, Daemon, 
 
 const IMAGE_BYTES: u64 = 64 << 20;
 
+/// `rbd export` of `image` (read independently of vblkd) holds exactly `model`.
+fn assert_exported(cluster: &Cluster, image: &str, model: &[u8]) {
+    let exported = cluster.export(image);
+    if let Some(at) = first_difference(&exported, model) {
+        panic!("rbd export of {image} differs from what was written at byte {at}");
+    }
+}
+
 #[test]
 fn rbd_random_io_over_two_queues_matches_rbd_export() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -37,10 +45,7 @@ fn rbd_random_io_over_two_queues_matches_rbd_export() {
         }
     }
     assert!(daemon.stop().success());
-    let exported = cluster.export("vm0");
-    if let Some(at) = first_difference(&exported, &model) {
-        panic!("rbd export of the image differs from what was written at byte {at}");
-    }
+    assert_exported(&cluster, "vm0", &model);
 }
 
 /// Writes in flight when the OSD is killed, and writes issued while it is down, complete once
@@ -89,10 +94,7 @@ fn requests_survive_the_osd_being_killed_and_restarted() {
     }
     drop(client);
     assert!(daemon.stop().success(), "vblkd did not exit cleanly");
-    let exported = cluster.export("vm1");
-    if let Some(at) = first_difference(&exported, &model) {
-        panic!("rbd export of the image differs at byte {at}");
-    }
+    assert_exported(&cluster, "vm1", &model);
 }
 
 /// An error librbd reports fails that request with IOERR and nothing else: the image shrinks
