@@ -1,31 +1,32 @@
 //! vblkd: a vhost-user-blk daemon.
 //!
-//! A request travels: avail ring → [`worker`] (parse with [`blk::request`], build an
-//! [`engine::IoOp`] over guest memory) → [`engine`] (io_uring, Linux AIO or a thread pool,
-//! chosen by the [`disk`] backend) → completion eventfd → [`worker`] (status byte, used ring,
-//! one call-fd signal per batch). [`device`] is the vhost-user face of it all, [`daemon`] the
-//! accept/serve/drain loop. See `docs/architecture.md` for the whole story.
+//! A request travels: avail ring → [`queue`] (parse with [`blk::request`], build an
+//! [`engine::IoOp`] over guest memory) → [`engine`] (io_uring, Linux AIO, a thread pool,
+//! librbd or an AoE initiator, chosen by the [`disk`] backend) → completion fd → [`queue`]
+//! (status byte, used ring, one call-fd signal per batch). [`frontend`] is the vhost-user face
+//! of it all; [`service`] the accept/serve/drain loop and the control socket, metrics and
+//! systemd protocols around it; [`commands`] what each subcommand of the `vblkd` program does.
+//! See `docs/architecture.md` for the whole story.
+//!
+//! The modules are layers, and each uses only the ones below it:
+//!
+//! | layer | modules |
+//! |---|---|
+//! | subcommands | [`commands`] |
+//! | service | [`service`] |
+//! | vhost-user frontend | [`frontend`] |
+//! | queue workers | [`queue`] |
+//! | device model, I/O, backends | [`blk`], [`engine`], [`disk`] |
+//! | leaf utilities | [`util`] (and the `diskio` crate) |
 
-pub mod activation;
-pub mod aligned;
 pub mod blk;
-pub mod control;
-pub mod daemon;
-pub mod device;
+pub mod commands;
 pub mod disk;
 pub mod engine;
-pub mod histogram;
-mod inflight;
-mod iov;
-pub mod metrics;
-pub mod notify;
-mod ratelimit;
-pub mod sigbus;
-pub mod size;
-pub mod stats;
-#[cfg(test)]
-mod testing;
-mod worker;
+pub mod frontend;
+pub mod queue;
+pub mod service;
+pub mod util;
 
 /// Guest memory as the vhost-user library maps it (no dirty-page bitmap).
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

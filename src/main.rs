@@ -1,17 +1,20 @@
-//! The `vblkd` command line.
+//! The `vblkd` command line: arguments in, typed configuration out, and the library's
+//! [`vblkd::commands`] do the rest. Every error ends the program with status 2 and one line.
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
+use strum::VariantNames;
 
-use vblkd::daemon::{self, ServeOptions};
-use vblkd::disk::{
-    AioMode, AoeDisk, CacheMode, Disk, FileDisk, FileDiskOptions, NullDisk, RbdDisk, SERIAL_LEN,
-};
+use vblkd::commands::{self, ServeConfig};
+use vblkd::disk::{AioMode, CacheMode, DiskOptions, DiskSpec, SERIAL_LEN};
+use vblkd::service::daemon::group_id;
+use vblkd::service::status::Command as ControlCommand;
+use vblkd::util::size;
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a disk on a vhost-user socket until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Ask a running vblkd, through its control socket, what it serves and how it is doing.
     Ctl(CtlArgs),
     /// Measure a vhost-user-blk daemon: runs the vblkd-bench program installed beside vblkd
@@ -45,33 +48,25 @@ struct CtlArgs {
     control: PathBuf,
     #[command(subcommand)]
     command: CtlCommand,
+    /// Print the reply as one JSON object.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
 enum CtlCommand {
     /// What the daemon serves: the disk, its size and block sizes, the queues.
-    Info {
-        /// Print the reply as one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Info,
     /// Requests and bytes by kind, errors, refused requests by reason, in flight now,
     /// submissions and guest notifications: in total and per queue.
-    Stats {
-        /// Print the reply as one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Stats,
     /// Grow the disk while the guest runs, and tell the guest. A file grows to SIZE; for a
     /// block device or an RBD image resized by other means, leave SIZE out. Shrinking is
     /// refused.
     Resize {
         /// The new size; suffixes K, M, G, T.
-        #[arg(value_parser = vblkd::size::parse)]
+        #[arg(value_parser = size::parse)]
         size: Option<u64>,
-        /// Print the reply as one JSON object.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -87,7 +82,7 @@ struct ServeArgs {
     socket_mode: u32,
     /// The group the socket --socket creates belongs to (with e.g. --socket-mode 0660, the
     /// group the VMM runs as, such as libvirt-qemu).
-    #[arg(long, value_name = "NAME", value_parser = parse_group)]
+    #[arg(long, value_name = "NAME", value_parser = group_id)]
     socket_group: Option<libc::gid_t>,
     /// Also serve a control socket here (mode 0600), for `vblkd ctl`: what is served, and
     /// statistics.
@@ -100,17 +95,20 @@ struct ServeArgs {
     /// A regular file or a block device; null:SIZE, a disk that does no I/O;
     /// aoe://IFACE/e<shelf>.<slot>, an ATA-over-Ethernet target (e.g. vblade); or
     /// rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER], a Ceph RBD image.
-    #[arg(long, value_name = "PATH")]
-    disk: PathBuf,
-    /// Create the file with this size, or grow it (sparse); suffixes K, M, G, T (powers of 1024).
-    #[arg(long, value_name = "BYTES", value_parser = vblkd::size::parse)]
+    #[arg(long, value_name = "DISK")]
+    disk: DiskSpec,
+    /// Files: create the file with this size, or grow it (sparse); suffixes K, M, G, T
+    /// (powers of 1024).
+    #[arg(long, value_name = "BYTES", value_parser = size::parse)]
     size: Option<u64>,
-    /// I/O engine, as QEMU's aio= option.
-    #[arg(long, value_enum, default_value = "io_uring")]
-    aio: AioMode,
-    /// Host cache mode, as QEMU's cache= option.
-    #[arg(long, value_enum, default_value = "none")]
-    cache: CacheMode,
+    /// Files: the I/O engine, as QEMU's aio= option [default: io_uring].
+    #[arg(long, value_parser = PossibleValuesParser::new(AioMode::VARIANTS)
+        .map(|s| s.parse::<AioMode>().expect("a listed value")))]
+    aio: Option<AioMode>,
+    /// Files: host cache mode, as QEMU's cache= option [default: none].
+    #[arg(long, value_parser = PossibleValuesParser::new(CacheMode::VARIANTS)
+        .map(|s| s.parse::<CacheMode>().expect("a listed value")))]
+    cache: Option<CacheMode>,
     /// Number of virtqueues, each served by its own thread and engine.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     num_queues: u16,
@@ -120,10 +118,10 @@ struct ServeArgs {
     /// Refuse writes; the guest sees a read-only disk.
     #[arg(long)]
     read_only: bool,
-    /// Logical block size the guest sees.
-    #[arg(long, default_value_t = 512, value_parser = parse_block_size)]
-    logical_block_size: u32,
-    /// Serial number returned to the guest (at most 20 bytes); defaults to the disk's file name.
+    /// The sector size the guest sees (512 or 4096) [default: 512].
+    #[arg(long, value_parser = parse_block_size)]
+    logical_block_size: Option<u32>,
+    /// Serial number returned to the guest (at most 20 bytes); defaults to the disk's name.
     #[arg(long, value_name = "STR", value_parser = parse_serial)]
     serial: Option<String>,
     /// Busy-poll each queue (and its engine) for up to this many microseconds after its last
@@ -131,25 +129,22 @@ struct ServeArgs {
     /// poll-max-ns): lower latency for more CPU under load, none when idle. 0 = off.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     poll_us: u32,
-    /// AoE disks: fail a request still unanswered after this many seconds.
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
-    aoe_deadline: f64,
-    /// RBD disks: give up reaching the Ceph cluster at start after this many seconds.
-    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
-    connect_timeout: u64,
-    /// Which of [`LOCAL_DISK_OPTIONS`] the user gave (not defaults), to refuse them where they
-    /// do not apply.
-    #[arg(skip)]
-    explicit: Vec<&'static str>,
-    /// Threads per queue for --aio threads.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
-    threads: u16,
-    /// With --aio io_uring and O_DIRECT (cache=none, directsync): register the guest's memory
-    /// with each ring, for less CPU per request, if it is at most MAX bytes (suffixes K, M, G,
-    /// T). This pins all of the guest's memory (faulting it in) while the frontend is
+    /// AoE disks: fail a request still unanswered after this many seconds [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    aoe_deadline: Option<Duration>,
+    /// RBD disks: give up reaching the Ceph cluster at start after this many seconds
+    /// [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = parse_connect_timeout)]
+    connect_timeout: Option<Duration>,
+    /// Files with --aio threads: threads per queue [default: 16].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
+    /// Files with --aio io_uring and O_DIRECT (cache=none, directsync): register the guest's
+    /// memory with each ring, for less CPU per request, if it is at most MAX bytes (suffixes K,
+    /// M, G, T). This pins all of the guest's memory (faulting it in) while the frontend is
     /// connected, and the frontend decides how large it is: MAX bounds what it can make vblkd
     /// pin.
-    #[arg(long, value_name = "MAX", value_parser = vblkd::size::parse)]
+    #[arg(long, value_name = "MAX", value_parser = size::parse)]
     fixed_buffers: Option<u64>,
 }
 
@@ -158,23 +153,6 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("'{s}' is not a permission mode; write it in octal, e.g. 0660"))
-}
-
-fn parse_group(s: &str) -> Result<libc::gid_t, String> {
-    if let Ok(gid) = s.parse() {
-        return Ok(gid);
-    }
-    let name = std::ffi::CString::new(s).map_err(|_| format!("'{s}' is not a group name"))?;
-    // SAFETY: getgrnam reads a C string and returns a pointer to static data (or null); we
-    // read one field right away, before anything else could call it.
-    let group = unsafe { libc::getgrnam(name.as_ptr()) };
-    if group.is_null() {
-        return Err(format!(
-            "no group '{s}'; give a group name from /etc/group or a number"
-        ));
-    }
-    // SAFETY: non-null, so it points to a valid `struct group`.
-    Ok(unsafe { (*group).gr_gid })
 }
 
 fn parse_queue_size(s: &str) -> Result<u16, String> {
@@ -202,213 +180,70 @@ fn parse_serial(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-/// Options for a local file or block device only, refused with other disks when given.
-const LOCAL_DISK_OPTIONS: [&str; 5] = ["aio", "cache", "size", "threads", "fixed_buffers"];
-
-fn open_disk(args: &ServeArgs) -> Result<Arc<dyn Disk>, Box<dyn std::error::Error>> {
-    let spec = args.disk.to_str().unwrap_or_default();
-    if spec.starts_with("rbd:") {
-        if let Some(option) = args.explicit.first() {
-            return Err(format!(
-                "--{} applies to files and block devices, not to an RBD disk (librbd does its I/O, with its cache off); leave it out",
-                option.replace('_', "-")
-            )
-            .into());
-        }
-        let timeout = std::time::Duration::from_secs(args.connect_timeout);
-        let disk = RbdDisk::open(
-            spec,
-            args.read_only,
-            args.logical_block_size,
-            args.serial.as_deref(),
-            timeout,
-        )?;
-        let info = disk.info();
-        log::info!(
-            "serving RBD image {} ({} bytes{})",
-            disk.name(),
-            info.capacity,
-            if info.read_only { ", read-only" } else { "" }
-        );
-        return Ok(Arc::new(disk));
-    }
-    if spec.starts_with("aoe://") {
-        if !(args.aoe_deadline > 0.0 && args.aoe_deadline.is_finite()) {
-            return Err("--aoe-deadline must be a positive number of seconds".into());
-        }
-        let deadline = std::time::Duration::from_secs_f64(args.aoe_deadline);
-        let disk = AoeDisk::open(spec, args.read_only, args.serial.as_deref(), deadline)?;
-        return Ok(Arc::new(disk));
-    }
-    if let Some(size) = spec.strip_prefix("null:") {
-        let size = vblkd::size::parse(size).map_err(|e| format!("--disk null:SIZE: {e}"))?;
-        let disk = NullDisk::new(
-            size,
-            args.logical_block_size,
-            args.read_only,
-            args.serial.as_deref(),
-        )?;
-        log::info!(
-            "serving a null disk of {} bytes (no I/O is done)",
-            disk.info().capacity
-        );
-        return Ok(Arc::new(disk));
-    }
-    let disk = FileDisk::open(&FileDiskOptions {
-        path: args.disk.clone(),
-        size: args.size,
-        aio: args.aio,
-        cache: args.cache,
-        read_only: args.read_only,
-        logical_block_size: args.logical_block_size,
-        serial: args.serial.clone(),
-        threads: usize::from(args.threads),
-        fixed_buffers: args.fixed_buffers,
-    })?;
-    let info = disk.info();
-    log::info!(
-        "serving {} ({} bytes, {}-byte blocks{}) with aio={:?} cache={:?}",
-        args.disk.display(),
-        info.capacity,
-        info.logical_block_size,
-        if info.read_only { ", read-only" } else { "" },
-        disk.aio(),
-        args.cache,
-    );
-    Ok(Arc::new(disk))
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| *secs > 0.0 && secs.is_finite())
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("'{s}' is not a positive number of seconds"))
 }
 
-fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    // Before anything else could see them: the variables are meant for this process only.
-    let activated = vblkd::activation::listener()
-        .map_err(|e| format!("cannot use the socket systemd passed: {e}"))?;
-    let socket = match (activated, &args.socket) {
-        (Some(listener), None) => daemon::Socket::Activated(listener),
-        (Some(_), Some(path)) => {
-            return Err(format!(
-            "systemd passed a listening socket, and --socket {} names another; leave --socket out",
-            path.display()
-        )
-            .into())
-        }
-        (None, Some(path)) => daemon::Socket::Path {
-            path: path.clone(),
-            mode: args.socket_mode,
-            group: args.socket_group,
-        },
-        (None, None) => {
-            return Err(
-                "--socket PATH is needed (unless systemd starts vblkd with socket activation)"
-                    .into(),
-            )
-        }
-    };
-    // Before any thread exists, so that every thread inherits the mask.
-    daemon::block_termination_signals()
-        .map_err(|e| format!("cannot block termination signals: {e}"))?;
-    vblkd::sigbus::install().map_err(|e| format!("cannot install the SIGBUS handler: {e}"))?;
-    let disk = open_disk(&args)?;
-    log::info!(
-        "{} queue(s) of {} entries",
-        args.num_queues,
-        args.queue_size
-    );
-    daemon::serve(
-        disk,
-        &ServeOptions {
-            socket,
-            num_queues: args.num_queues,
-            queue_size: args.queue_size,
-            poll: (args.poll_us > 0)
-                .then(|| std::time::Duration::from_micros(u64::from(args.poll_us))),
+fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs @ 1..=3600) => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "'{s}' is not a whole number of seconds from 1 to 3600"
+        )),
+    }
+}
+
+impl From<ServeArgs> for ServeConfig {
+    fn from(args: ServeArgs) -> Self {
+        ServeConfig {
+            socket: args.socket,
+            socket_mode: args.socket_mode,
+            socket_group: args.socket_group,
             control: args.control,
             metrics: args.metrics,
-            disk_name: args.disk.display().to_string(),
-        },
-    )?;
-    Ok(())
-}
-
-fn ctl(args: &CtlArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let (command, arguments, json) = match args.command {
-        CtlCommand::Info { json } => ("info", serde_json::Value::Null, json),
-        CtlCommand::Stats { json } => ("stats", serde_json::Value::Null, json),
-        CtlCommand::Resize { size, json } => ("resize", serde_json::json!({ "size": size }), json),
-    };
-    let reply = vblkd::control::request(&args.control, command, arguments)?;
-    let mut out = String::new();
-    if json {
-        out = format!("{reply}\n");
-    } else {
-        tree("", &reply, &mut out);
-    }
-    // A reader that went away (`| head`) is not an error.
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
-    Ok(())
-}
-
-/// A reply as `key: value` lines, nested keys joined with dots (`total.reads: 12`).
-fn tree(prefix: &str, value: &serde_json::Value, out: &mut String) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                tree(&key, v, out);
-            }
+            disk: args.disk,
+            disk_options: DiskOptions {
+                read_only: args.read_only,
+                serial: args.serial,
+                logical_block_size: args.logical_block_size,
+                size: args.size,
+                aio: args.aio,
+                cache: args.cache,
+                threads: args.threads,
+                fixed_buffers: args.fixed_buffers,
+                aoe_deadline: args.aoe_deadline,
+                connect_timeout: args.connect_timeout,
+            },
+            num_queues: args.num_queues,
+            queue_size: args.queue_size,
+            poll: (args.poll_us > 0).then(|| Duration::from_micros(u64::from(args.poll_us))),
         }
-        serde_json::Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                tree(&format!("{prefix}.{i}"), v, out);
-            }
-        }
-        serde_json::Value::String(s) => *out += &format!("{prefix}: {s}\n"),
-        other => *out += &format!("{prefix}: {other}\n"),
     }
 }
 
-/// `vblkd bench ARGS` is `vblkd-bench ARGS`, as `git foo` is `git-foo`: the benchmark tool is
-/// its own program (it drives any vhost-user-blk daemon, and its plotting and client libraries
-/// stay out of the daemon). The one beside this executable is preferred, so that a build tree
-/// or an install directory is used as a whole; otherwise PATH decides.
-fn bench(args: &[OsString]) -> Result<(), Box<dyn std::error::Error>> {
-    const BENCH: &str = "vblkd-bench";
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join(BENCH)))
-        .filter(|path| path.is_file());
-    let program = beside.unwrap_or_else(|| PathBuf::from(BENCH));
-    // exec only returns on failure.
-    let err = std::process::Command::new(&program).args(args).exec();
-    Err(format!(
-        "cannot run {} ({err}); build it with `cargo build --release -p {BENCH}`, or put it on PATH",
-        program.display()
-    )
-    .into())
+impl From<CtlCommand> for ControlCommand {
+    fn from(command: CtlCommand) -> Self {
+        match command {
+            CtlCommand::Info => ControlCommand::Info,
+            CtlCommand::Stats => ControlCommand::Stats,
+            CtlCommand::Resize { size } => ControlCommand::Resize { size },
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let (Command::Serve(args), Some(serve)) =
-        (&mut cli.command, matches.subcommand_matches("serve"))
-    {
-        args.explicit = serve
-            .ids()
-            .filter(|id| {
-                serve.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
-            })
-            .filter_map(|id| LOCAL_DISK_OPTIONS.into_iter().find(|o| *o == id.as_str()))
-            .collect();
-    }
+    let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Ctl(args) => ctl(&args),
-        Command::Bench { args } => bench(&args),
+        Command::Serve(args) => commands::serve((*args).into()),
+        Command::Ctl(args) => {
+            commands::ctl(&args.control, &args.command.into(), args.json).map_err(Into::into)
+        }
+        Command::Bench { args } => Err(commands::bench(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

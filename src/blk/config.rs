@@ -62,7 +62,7 @@ pub fn device_features(info: &DiskInfo) -> u64 {
 /// The configuration space, little-endian as virtio 1.x requires.
 pub fn config_space(info: &DiskInfo, num_queues: u16, queue_size: u16, wce: bool) -> ConfigSpace {
     let mut c = ConfigSpace {
-        capacity: (info.capacity / 512).into(),
+        capacity: (info.capacity.bytes() / 512).into(),
         size_max: SIZE_MAX.into(),
         seg_max: seg_max(queue_size).into(),
         blk_size: info.logical_block_size.into(),
@@ -97,7 +97,7 @@ mod tests {
 
     fn info(read_only: bool) -> DiskInfo {
         DiskInfo {
-            capacity: 1 << 30,
+            capacity: std::sync::Arc::new(crate::disk::Capacity::new(1 << 30, 4096).unwrap()),
             logical_block_size: 4096,
             physical_block_size: 4096,
             read_only,

@@ -18,9 +18,11 @@ use virtio_bindings::virtio_blk::*;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
+use std::sync::Arc;
+
 use super::config::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
 use super::layout::{status, DiscardSegment, RequestHeader};
-use crate::disk::DiskInfo;
+use crate::disk::{Capacity, DiskInfo};
 use crate::GuestMemory;
 
 const SECTOR_SIZE: u64 = 512;
@@ -48,8 +50,23 @@ pub struct Request {
     pub status: GuestAddress,
 }
 
-/// Why a chain was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a chain was refused. [`Rejection`] names each kind (without its detail), for the
+/// statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, strum::EnumDiscriminants)]
+#[strum_discriminants(
+    name(Rejection),
+    derive(
+        strum::EnumIter,
+        strum::EnumCount,
+        strum::IntoStaticStr,
+        serde::Serialize,
+        serde::Deserialize,
+        PartialOrd,
+        Ord
+    ),
+    strum(serialize_all = "snake_case"),
+    serde(rename_all = "snake_case")
+)]
 pub enum RequestError {
     #[error("descriptor chain is empty, loops, or is longer than the queue")]
     BrokenChain,
@@ -80,43 +97,6 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    /// The name of each kind of error, indexed by [`RequestError::kind`]: what the statistics
-    /// count refusals under.
-    pub const KINDS: [&'static str; 13] = [
-        "broken_chain",
-        "no_status",
-        "outside_guest_memory",
-        "readable_after_writable",
-        "short_header",
-        "wrong_direction",
-        "unaligned",
-        "past_end",
-        "too_large",
-        "read_only",
-        "bad_discard_payload",
-        "unsupported",
-        "unsupported_discard",
-    ];
-
-    /// This error's index in [`RequestError::KINDS`].
-    pub fn kind(self) -> u8 {
-        match self {
-            RequestError::BrokenChain => 0,
-            RequestError::NoStatus => 1,
-            RequestError::OutsideGuestMemory => 2,
-            RequestError::ReadableAfterWritable => 3,
-            RequestError::ShortHeader => 4,
-            RequestError::WrongDirection => 5,
-            RequestError::Unaligned => 6,
-            RequestError::PastEnd => 7,
-            RequestError::TooLarge => 8,
-            RequestError::ReadOnly => 9,
-            RequestError::BadDiscardPayload => 10,
-            RequestError::Unsupported(_) => 11,
-            RequestError::UnsupportedDiscard => 12,
-        }
-    }
-
     /// The virtio-blk status this error is reported with.
     pub fn status(self) -> u8 {
         match self {
@@ -134,9 +114,10 @@ pub struct Rejected {
 }
 
 /// The limits a request is checked against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
-    pub capacity: u64,
+    /// The disk's, read at every request (an online resize changes it).
+    pub capacity: Arc<Capacity>,
     pub block_size: u64,
     pub read_only: bool,
     pub max_data_bytes: u64,
@@ -145,7 +126,7 @@ pub struct Limits {
 impl Limits {
     pub fn new(info: &DiskInfo, max_data_bytes: u64) -> Self {
         Limits {
-            capacity: info.capacity,
+            capacity: info.capacity.clone(),
             block_size: u64::from(info.logical_block_size),
             read_only: info.read_only,
             max_data_bytes,
@@ -161,7 +142,7 @@ impl Limits {
             return Err(RequestError::TooLarge);
         }
         match offset.checked_add(len) {
-            Some(end) if end <= self.capacity => Ok(()),
+            Some(end) if end <= self.capacity.bytes() => Ok(()),
             _ => Err(RequestError::PastEnd),
         }
     }

@@ -16,25 +16,33 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::{Disk, DiskError, DiskInfo};
-use crate::aligned::AlignedBuffer;
-use crate::engine::{probe_io_uring, AioEngine, Engine, ThreadPool, UringEngine};
+use super::{Capacity, Disk, DiskError, DiskInfo, PerQueue};
+use crate::engine::{
+    probe_io_uring, AioEngine, AlignedBuffer, Engine, FixedBufferCounters, ThreadPool, UringEngine,
+};
 
 /// The I/O engine, named as QEMU's `aio=` option names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::Display, strum::VariantNames,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum AioMode {
-    #[value(name = "io_uring")]
+    #[strum(serialize = "io_uring")]
     IoUring,
     Native,
     Threads,
 }
 
 /// Host caching, named as QEMU's `cache=` option names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::Display, strum::VariantNames,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum CacheMode {
     None,
     Writeback,
@@ -78,13 +86,16 @@ pub struct FileDiskOptions {
 /// An open file or block device.
 #[derive(Debug)]
 pub struct FileDisk {
-    file: File,
+    /// Shared with every engine, which does its I/O on it.
+    file: Arc<File>,
     path: PathBuf,
     block_device: bool,
     info: DiskInfo,
     aio: AioMode,
     threads: usize,
     fixed_buffers: Option<u64>,
+    /// With fixed buffers: what each queue's rings did with guest memory.
+    fixed_buffer_counters: PerQueue<FixedBufferCounters>,
 }
 
 /// Buffer address and length alignment that O_DIRECT accepts on every Linux block device.
@@ -171,13 +182,15 @@ impl FileDisk {
         } else {
             (file_len(&file, path)?, block.max(4096))
         };
-        let capacity = super::whole_blocks(path, size, block)?;
+        let capacity = Capacity::new(size, block).ok_or_else(|| {
+            DiskError::too_small(path.display(), size, block, "pass a larger --size")
+        })?;
         if opts.cache.direct_io() {
-            check_direct_io_block_size(&file, path, block, capacity)?;
+            check_direct_io_block_size(&file, path, block, capacity.bytes())?;
         }
 
         let info = DiskInfo {
-            capacity,
+            capacity: Arc::new(capacity),
             logical_block_size: block,
             physical_block_size,
             read_only: opts.read_only,
@@ -196,7 +209,7 @@ impl FileDisk {
             },
         };
         Ok(FileDisk {
-            file,
+            file: Arc::new(file),
             path: path.clone(),
             block_device: is_block_device,
             info,
@@ -205,16 +218,13 @@ impl FileDisk {
             // Fixed buffers replace the page pinning O_DIRECT does per request; buffered I/O
             // pins nothing, so it would only pay the registration's cost.
             fixed_buffers: opts.fixed_buffers.filter(|_| opts.cache.direct_io()),
+            fixed_buffer_counters: PerQueue::default(),
         })
     }
 
     /// The engine actually in use (io_uring may have fallen back to threads).
     pub fn aio(&self) -> AioMode {
         self.aio
-    }
-
-    fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
     }
 }
 
@@ -223,7 +233,7 @@ impl Disk for FileDisk {
         &self.info
     }
 
-    fn resize(&self, size: Option<u64>) -> Result<u64, DiskError> {
+    fn grow(&self, size: Option<u64>) -> Result<u64, DiskError> {
         let path = &self.path;
         let size = if self.block_device {
             if size.is_some() {
@@ -246,23 +256,31 @@ impl Disk for FileDisk {
                 _ => now,
             }
         };
-        super::whole_blocks(path, size, self.info.logical_block_size)
+        Ok(size)
     }
 
-    fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
+    fn engine(&self, queue: u16, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
+        let file = self.file.clone();
         let engine: Box<dyn Engine> = match self.aio {
             AioMode::IoUring => {
-                let engine = UringEngine::new(self.fd(), capacity, self.fixed_buffers);
-                Box::new(engine.map_err(DiskError::Engine)?)
+                let fixed = self
+                    .fixed_buffers
+                    .map(|max| (max, self.fixed_buffer_counters.get(queue)));
+                Box::new(UringEngine::new(file, capacity, fixed).map_err(DiskError::Engine)?)
             }
-            AioMode::Native => {
-                Box::new(AioEngine::new(self.fd(), capacity).map_err(DiskError::Engine)?)
-            }
+            AioMode::Native => Box::new(AioEngine::new(file, capacity).map_err(DiskError::Engine)?),
             AioMode::Threads => {
-                Box::new(ThreadPool::engine(self.fd(), self.threads).map_err(DiskError::Engine)?)
+                Box::new(ThreadPool::engine(file, self.threads).map_err(DiskError::Engine)?)
             }
         };
         Ok(engine)
+    }
+
+    fn engine_counters(&self, queue: u16) -> Vec<(&'static str, u64)> {
+        match (self.aio, self.fixed_buffers) {
+            (AioMode::IoUring, Some(_)) => self.fixed_buffer_counters.get(queue).values().to_vec(),
+            _ => Vec::new(),
+        }
     }
 }
 

@@ -1,24 +1,32 @@
 //! Disk backends: what sits behind the virtio-blk device.
 //!
-//! A backend describes the disk the guest sees ([`DiskInfo`]) and builds one I/O engine per
-//! queue worker ([`Disk::engine`]). The local file/block-device backend lives in [`file`], a
-//! disk that does no I/O (for measuring the daemon itself) in [`NullDisk`], a remote ATA over
-//! Ethernet target in [`AoeDisk`], a Ceph RBD image in [`RbdDisk`].
+//! A backend describes the disk the guest sees ([`DiskInfo`]), builds one I/O engine per queue
+//! worker ([`Disk::engine`]) and grows or re-measures itself for an online resize
+//! ([`Disk::grow`], through [`resize`], the one path that applies the [`Capacity`] rules).
+//! What `--disk` names is a [`DiskSpec`], opened with [`open`] and the [`DiskOptions`] given
+//! for it: a local file or block device ([`FileDisk`]), a disk that does no I/O ([`NullDisk`],
+//! for measuring the daemon itself), a remote ATA over Ethernet target ([`AoeDisk`]) or a Ceph
+//! RBD image ([`RbdDisk`]).
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::engine::Engine;
 
 mod aoe;
+mod capacity;
 pub mod file;
 mod null;
 mod rbd;
+mod spec;
 
-pub use aoe::AoeDisk;
-pub use file::{AioMode, CacheMode, FileDisk, FileDiskOptions};
+pub use aoe::{AoeAddress, AoeDisk};
+pub use capacity::{Capacity, CapacityError, Resized};
+pub use file::{AioMode, CacheMode, FileDisk};
 pub use null::NullDisk;
 pub use rbd::RbdDisk;
+pub use spec::{open, DiskKind, DiskOption, DiskOptions, DiskSpec, OpenError};
 
 /// Longest serial number virtio-blk's GET_ID can return.
 pub const SERIAL_LEN: usize = 20;
@@ -26,8 +34,9 @@ pub const SERIAL_LEN: usize = 20;
 /// What the guest is shown, and the rules the queue workers enforce.
 #[derive(Debug, Clone)]
 pub struct DiskInfo {
-    /// Size in bytes, a multiple of `logical_block_size`.
-    pub capacity: u64,
+    /// Size in bytes, shared with everything that checks or reports it (an online resize
+    /// changes it).
+    pub capacity: Arc<Capacity>,
     /// Every request's offset and length must be a multiple of this (512 or 4096).
     pub logical_block_size: u32,
     /// Reported to the guest as a topology hint.
@@ -46,6 +55,33 @@ pub struct DiskInfo {
     pub buffer_alignment: usize,
 }
 
+/// Counters a disk keeps for its engines, one set per queue, across connections: an engine
+/// counts into its queue's set, and a reconnect finds the same sets (memory stays flat).
+#[derive(Debug)]
+struct PerQueue<T> {
+    sets: std::sync::Mutex<Vec<Arc<T>>>,
+}
+
+impl<T> Default for PerQueue<T> {
+    fn default() -> Self {
+        PerQueue {
+            sets: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T: Default> PerQueue<T> {
+    /// Queue `queue`'s set, made when first asked for.
+    fn get(&self, queue: u16) -> Arc<T> {
+        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        let index = usize::from(queue);
+        if sets.len() <= index {
+            sets.resize_with(index + 1, Arc::default);
+        }
+        sets[index].clone()
+    }
+}
+
 /// The GET_ID serial: the one given, or the backend's own, cut to what virtio-blk allows.
 fn serial(given: Option<&str>, default: impl FnOnce() -> String) -> Vec<u8> {
     let mut bytes = given.map_or_else(default, str::to_owned).into_bytes();
@@ -53,39 +89,42 @@ fn serial(given: Option<&str>, default: impl FnOnce() -> String) -> Vec<u8> {
     bytes
 }
 
-/// `size` rounded down to whole blocks: what the guest can address. No whole block is an
-/// error that names `path`.
-fn whole_blocks(path: &Path, size: u64, block: u32) -> Result<u64, DiskError> {
-    match size - size % u64::from(block) {
-        0 => Err(DiskError::TooSmall {
-            path: path.to_path_buf(),
-            size,
-            block,
-        }),
-        capacity => Ok(capacity),
-    }
-}
-
 /// A disk backend: its description and a factory of per-queue engines.
 pub trait Disk: Send + Sync {
     fn info(&self) -> &DiskInfo;
 
-    /// A new engine for one queue, able to hold `capacity` operations in flight.
-    fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError>;
+    /// A new engine for queue `queue`, able to hold `capacity` operations in flight.
+    fn engine(&self, queue: u16, capacity: u16) -> Result<Box<dyn Engine>, DiskError>;
 
-    /// The engines' own counters (frames, retransmissions, ...), summed over every engine the
-    /// disk made; none for most disks.
-    fn counters(&self) -> Vec<(&'static str, u64)> {
+    /// The counters of queue `queue`'s engines (frames, retransmissions, ...), summed over
+    /// every engine the disk made for that queue; none for most disks.
+    fn engine_counters(&self, queue: u16) -> Vec<(&'static str, u64)> {
+        let _ = queue;
         Vec::new()
     }
 
-    /// Grows the disk to `size` bytes, or with `None` finds out how large it is now (a block
-    /// device, an image resized by its owner); returns the new capacity, in whole blocks.
-    /// Shrinking is the caller's to refuse.
-    fn resize(&self, size: Option<u64>) -> Result<u64, DiskError> {
+    /// What the backend found out about the disk beyond [`DiskInfo`] (an AoE target's frame
+    /// size and buffer count), as `(name, value)`.
+    fn details(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// The backend's part of an online resize: grows the disk to `size` bytes, or with `None`
+    /// finds out how large it is now (a block device, an image resized by its owner); returns
+    /// its size in bytes. Called through [`resize`], which applies the capacity's rules.
+    fn grow(&self, size: Option<u64>) -> Result<u64, DiskError> {
         let _ = size;
         Err(DiskError::ResizeUnsupported)
     }
+}
+
+/// Resizes `disk` while it is served: refuses to shrink it, lets the backend grow (or
+/// re-measure) it, and makes the result its capacity. The frontend is the caller's to tell.
+pub fn resize(disk: &dyn Disk, size: Option<u64>) -> Result<Resized, DiskError> {
+    let capacity = &disk.info().capacity;
+    capacity.check_request(size)?;
+    let now = disk.grow(size)?;
+    Ok(capacity.grow_to(now)?)
 }
 
 /// Why a disk could not be opened or served. Each message says what to do about it.
@@ -113,13 +152,12 @@ pub enum DiskError {
     SizeOnBlockDevice(PathBuf),
     #[error("disk {0} is neither a regular file nor a block device")]
     NotAFileOrBlockDevice(PathBuf),
-    #[error(
-        "disk {path} is {size} bytes, smaller than one {block}-byte block; pass a larger --size"
-    )]
+    #[error("disk {name} is {size} bytes, smaller than one {block}-byte block; {advice}")]
     TooSmall {
-        path: PathBuf,
+        name: String,
         size: u64,
         block: u32,
+        advice: &'static str,
     },
     #[error("the file system of {0} does not support O_DIRECT, which --cache none and directsync need; use --cache writeback or writethrough")]
     DirectIoUnsupported(PathBuf),
@@ -133,8 +171,33 @@ pub enum DiskError {
     RbdSize { image: String, size: u64 },
     #[error("the AoE target exports {size} bytes; grow what it exports (and restart it if it reads the size once, as vblade does), then run resize without a size")]
     AoeSize { size: u64 },
+    #[error(transparent)]
+    Aoe(#[from] ::aoe::AoeError),
+    #[error(transparent)]
+    Rbd(#[from] ::rbd::RbdError),
+    #[error("cannot ask the AoE target its size: {0}")]
+    AoeIdentify(::aoe::AoeError),
     #[error("this kind of disk cannot be resized while served")]
     ResizeUnsupported,
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
     #[error("cannot start the I/O engine: {0}")]
     Engine(io::Error),
+}
+
+impl DiskError {
+    /// A disk of `size` bytes holds no whole `block`-byte block.
+    fn too_small(
+        name: impl std::fmt::Display,
+        size: u64,
+        block: u32,
+        advice: &'static str,
+    ) -> Self {
+        DiskError::TooSmall {
+            name: name.to_string(),
+            size,
+            block,
+            advice,
+        }
+    }
 }

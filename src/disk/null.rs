@@ -1,6 +1,8 @@
 //! `--disk null:SIZE`: a disk that does no I/O at all (see [`crate::engine::NullEngine`]).
 
-use super::{Disk, DiskError, DiskInfo};
+use std::sync::Arc;
+
+use super::{Capacity, Disk, DiskError, DiskInfo};
 use crate::engine::{Engine, NullEngine};
 
 #[derive(Debug)]
@@ -15,10 +17,12 @@ impl NullDisk {
         read_only: bool,
         serial: Option<&str>,
     ) -> Result<Self, DiskError> {
-        let capacity = super::whole_blocks("null".as_ref(), size, logical_block_size)?;
+        let capacity = Capacity::new(size, logical_block_size).ok_or_else(|| {
+            DiskError::too_small("null", size, logical_block_size, "write a larger null:SIZE")
+        })?;
         Ok(NullDisk {
             info: DiskInfo {
-                capacity,
+                capacity: Arc::new(capacity),
                 logical_block_size,
                 physical_block_size: logical_block_size,
                 read_only,
@@ -37,12 +41,12 @@ impl Disk for NullDisk {
         &self.info
     }
 
-    fn resize(&self, size: Option<u64>) -> Result<u64, DiskError> {
-        let size = size.unwrap_or(self.info.capacity);
-        super::whole_blocks("null".as_ref(), size, self.info.logical_block_size)
+    /// A null disk is whatever size it is told.
+    fn grow(&self, size: Option<u64>) -> Result<u64, DiskError> {
+        Ok(size.unwrap_or_else(|| self.info.capacity.bytes()))
     }
 
-    fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
+    fn engine(&self, _queue: u16, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
         Ok(Box::new(
             NullEngine::new(capacity).map_err(DiskError::Engine)?,
         ))

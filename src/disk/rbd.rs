@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Disk, DiskError, DiskInfo};
+use super::{Capacity, Disk, DiskError, DiskInfo};
 use crate::engine::{Engine, RbdEngine};
 
 pub struct RbdDisk {
@@ -15,26 +15,31 @@ pub struct RbdDisk {
 }
 
 impl RbdDisk {
-    /// Connects to the cluster, giving up after `timeout`, and opens the image `spec` names
-    /// (`rbd:POOL/IMAGE...`).
+    /// Connects to the cluster, giving up after `timeout`, and opens the image `spec` names.
     pub fn open(
-        spec: &str,
+        spec: &rbd::Spec,
         read_only: bool,
         logical_block_size: u32,
         serial: Option<&str>,
         timeout: Duration,
-    ) -> Result<Self, rbd::RbdError> {
-        let spec = rbd::Spec::parse(spec)?;
-        let image = rbd::Image::open(&spec, read_only, timeout)?;
+    ) -> Result<Self, DiskError> {
+        let image = rbd::Image::open(spec, read_only, timeout)?;
         let size = image.size().map_err(|source| rbd::RbdError::Size {
             image: spec.name(),
             source,
         })?;
         let read_only = read_only || spec.snapshot.is_some();
-        let capacity = size - size % u64::from(logical_block_size);
+        let capacity = Capacity::new(size, logical_block_size).ok_or_else(|| {
+            DiskError::too_small(
+                spec.name(),
+                size,
+                logical_block_size,
+                "grow it with rbd resize",
+            )
+        })?;
         Ok(RbdDisk {
             info: DiskInfo {
-                capacity,
+                capacity: Arc::new(capacity),
                 logical_block_size,
                 // RADOS objects are 4 MiB by default; 4 KiB is what a guest can align to.
                 physical_block_size: logical_block_size.max(4096),
@@ -63,7 +68,7 @@ impl Disk for RbdDisk {
 
     /// The image's size as it is now: grow the image with `rbd resize`, then tell vblkd. A
     /// size given here must be that size.
-    fn resize(&self, size: Option<u64>) -> Result<u64, DiskError> {
+    fn grow(&self, size: Option<u64>) -> Result<u64, DiskError> {
         let now = self.image.size().map_err(DiskError::Engine)?;
         if size.is_some_and(|s| s != now) {
             return Err(DiskError::RbdSize {
@@ -71,10 +76,10 @@ impl Disk for RbdDisk {
                 size: now,
             });
         }
-        super::whole_blocks(self.name.as_ref(), now, self.info.logical_block_size)
+        Ok(now)
     }
 
-    fn engine(&self, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
+    fn engine(&self, _queue: u16, capacity: u16) -> Result<Box<dyn Engine>, DiskError> {
         let engine = RbdEngine::new(self.image.clone(), capacity).map_err(DiskError::Engine)?;
         Ok(Box::new(engine))
     }

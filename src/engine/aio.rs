@@ -15,51 +15,24 @@
 //! Completions are read straight from the completion ring the kernel maps into our address
 //! space (as QEMU and libaio do), so reaping needs no `io_getevents` call.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
+use vmm_sys_util::aio::{
+    IoControlBlock, IoEvent, IOCB_CMD_FDSYNC, IOCB_CMD_PREAD, IOCB_CMD_PREADV, IOCB_CMD_PWRITE,
+    IOCB_CMD_PWRITEV, IOCB_FLAG_RESFD,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::pending::Pending;
-use super::{drain_eventfd, Completion, Engine, IoOp, ThreadPool};
+use super::{drain_eventfd, Completion, Direction, Engine, IoOp, ThreadPool};
 
+/// The kernel's `aio_context_t`: also the address of the completion ring it maps for us,
+/// which is why the context is not `vmm_sys_util::aio::IoContext` (it keeps the id private).
 type AioContext = libc::c_ulong;
-
-const IOCB_CMD_PREAD: u16 = 0;
-const IOCB_CMD_PWRITE: u16 = 1;
-const IOCB_CMD_FDSYNC: u16 = 3;
-const IOCB_CMD_PREADV: u16 = 7;
-const IOCB_CMD_PWRITEV: u16 = 8;
-const IOCB_FLAG_RESFD: u32 = 1;
-
-/// `struct iocb` from `<linux/aio_abi.h>` (little-endian layout).
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct Iocb {
-    aio_data: u64,
-    aio_key: u32,
-    aio_rw_flags: i32,
-    aio_lio_opcode: u16,
-    aio_reqprio: i16,
-    aio_fildes: u32,
-    aio_buf: u64,
-    aio_nbytes: u64,
-    aio_offset: i64,
-    aio_reserved2: u64,
-    aio_flags: u32,
-    aio_resfd: u32,
-}
-
-/// `struct io_event` from `<linux/aio_abi.h>`.
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct IoEvent {
-    data: u64,
-    obj: u64,
-    res: i64,
-    res2: i64,
-}
 
 /// Header of the completion ring the kernel maps at the context's address (`struct aio_ring`
 /// in fs/aio.c); `nr` io_events follow it.
@@ -77,26 +50,21 @@ struct AioRing {
 
 const AIO_RING_MAGIC: u32 = 0xa10a_10a1;
 
-const _: () = assert!(std::mem::size_of::<Iocb>() == 64);
-const _: () = assert!(std::mem::size_of::<IoEvent>() == 32);
-
 /// The Linux AIO engine of one queue.
 pub struct AioEngine {
     ctx: AioContext,
-    fd: RawFd,
+    file: Arc<File>,
     eventfd: EventFd,
     /// iocbs of the current batch; the kernel copies them during `io_submit`.
-    batch: Vec<Iocb>,
-    batch_ptrs: Vec<*mut Iocb>,
+    batch: Vec<IoControlBlock>,
+    batch_ptrs: Vec<*mut IoControlBlock>,
     events: Vec<IoEvent>,
-    /// Operations the kernel rejected at submission, reported at the next reap.
-    rejected: Vec<Completion>,
     helper: ThreadPool,
     /// Cleared the first time the file system turns `IOCB_CMD_FDSYNC` down.
     fdsync_in_kernel: bool,
     /// Whether the completion ring can be read in userspace (a known layout).
     user_ring: bool,
-    /// The buffers of every operation in the context, by the user data of its iocb.
+    /// Every operation in the context, by the user data of its iocb.
     pending: Pending,
 }
 
@@ -105,8 +73,8 @@ pub struct AioEngine {
 unsafe impl Send for AioEngine {}
 
 impl AioEngine {
-    /// An AIO context with room for `capacity` operations on `fd` (which must outlive it).
-    pub fn new(fd: RawFd, capacity: u16) -> io::Result<Self> {
+    /// An AIO context with room for `capacity` operations on `file`.
+    pub fn new(file: Arc<File>, capacity: u16) -> io::Result<Self> {
         let mut ctx: AioContext = 0;
         let nr = libc::c_long::from(capacity.max(1));
         // SAFETY: io_setup writes the new context id into `ctx`, a valid u64.
@@ -114,19 +82,19 @@ impl AioEngine {
             return Err(io::Error::last_os_error());
         }
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
-        let helper = ThreadPool::new(fd, 1, eventfd.try_clone()?)?;
+        let helper = ThreadPool::new(file.clone(), 1, eventfd.try_clone()?)?;
+        let pending = Pending::new(usize::from(capacity.max(1)), eventfd.try_clone()?);
         Ok(AioEngine {
             ctx,
-            fd,
+            file,
             eventfd,
             batch: Vec::with_capacity(usize::from(capacity)),
             batch_ptrs: Vec::with_capacity(usize::from(capacity)),
             events: vec![IoEvent::default(); usize::from(capacity.max(1))],
-            rejected: Vec::new(),
             helper,
             fdsync_in_kernel: true,
             user_ring: false,
-            pending: Pending::new(usize::from(capacity.max(1))),
+            pending,
         }
         .with_user_ring())
     }
@@ -168,64 +136,67 @@ impl AioEngine {
     }
 
     /// A read or write iocb; a single buffer goes as PREAD/PWRITE, sparing the kernel an
-    /// iovec import, as QEMU's linux-aio does.
-    fn rw_iocb(&self, user_data: u64, write: bool, offset: u64, iovs: &[libc::iovec]) -> Iocb {
-        let (opcode, buf, nbytes) = if let [v] = iovs {
-            let op = if write {
-                IOCB_CMD_PWRITE
-            } else {
-                IOCB_CMD_PREAD
-            };
-            (op, v.iov_base as u64, v.iov_len as u64)
-        } else {
-            let op = if write {
-                IOCB_CMD_PWRITEV
-            } else {
-                IOCB_CMD_PREADV
-            };
-            (op, iovs.as_ptr() as u64, iovs.len() as u64)
+    /// iovec import, as QEMU's linux-aio does. A disabled write cache is `RWF_DSYNC`.
+    fn transfer_iocb(
+        &self,
+        direction: Direction,
+        offset: u64,
+        iovs: &[libc::iovec],
+    ) -> IoControlBlock {
+        let write = direction.is_write();
+        let (opcode, buf, nbytes) = match iovs {
+            [v] if write => (IOCB_CMD_PWRITE, v.iov_base as u64, v.iov_len as u64),
+            [v] => (IOCB_CMD_PREAD, v.iov_base as u64, v.iov_len as u64),
+            _ if write => (IOCB_CMD_PWRITEV, iovs.as_ptr() as u64, iovs.len() as u64),
+            _ => (IOCB_CMD_PREADV, iovs.as_ptr() as u64, iovs.len() as u64),
         };
-        Iocb {
+        IoControlBlock {
             aio_buf: buf,
             aio_nbytes: nbytes,
             aio_offset: super::file_offset(offset),
-            ..self.iocb(user_data, opcode)
+            aio_reserved1: match direction {
+                Direction::Write { dsync: true } => RWF_DSYNC,
+                _ => 0,
+            },
+            ..self.iocb(opcode)
         }
     }
 
-    fn iocb(&self, user_data: u64, opcode: u16) -> Iocb {
-        Iocb {
-            aio_data: user_data,
-            aio_lio_opcode: opcode,
+    fn iocb(&self, opcode: u32) -> IoControlBlock {
+        IoControlBlock {
+            // The opcodes are small constants.
+            aio_lio_opcode: u16::try_from(opcode).unwrap_or(u16::MAX),
             // Descriptors are never negative; were one, the kernel would refuse this iocb
             // (EBADF), failing only its request.
-            aio_fildes: u32::try_from(self.fd).unwrap_or(u32::MAX),
+            aio_fildes: u32::try_from(self.file.as_raw_fd()).unwrap_or(u32::MAX),
             aio_flags: IOCB_FLAG_RESFD,
             aio_resfd: u32::try_from(self.eventfd.as_raw_fd()).unwrap_or(u32::MAX),
-            ..Iocb::default()
+            ..IoControlBlock::default()
         }
     }
 
     /// Handles the iocb the kernel refused at index `i` of the batch.
     fn reject(&mut self, i: usize, err: io::Error) {
         let iocb = self.batch[i];
-        let Some(refused) = self.pending.complete(iocb.aio_data, 0) else {
-            return;
-        };
-        if iocb.aio_lio_opcode == IOCB_CMD_FDSYNC && err.raw_os_error() == Some(libc::EINVAL) {
+        let fdsync = u32::from(iocb.aio_lio_opcode) == IOCB_CMD_FDSYNC;
+        if fdsync && err.raw_os_error() == Some(libc::EINVAL) {
             log::info!(
                 "this file system has no asynchronous fdatasync; flushing on a helper thread"
             );
             self.fdsync_in_kernel = false;
-            self.helper.push(refused.token, IoOp::Flush);
+            if let Some((token, op)) = self.pending.withdraw(iocb.aio_data) {
+                self.helper.push(token, op);
+            }
             return;
         }
-        self.rejected.push(Completion {
-            result: Err(err),
-            ..refused
-        });
+        self.pending.refuse(iocb.aio_data, err);
     }
 }
+
+/// `aio_rw_flags`, which `IoControlBlock` calls `aio_reserved1` (the field predates the
+/// flags), takes `RWF_*` as a 32-bit value.
+const RWF_DSYNC: u32 = libc::RWF_DSYNC.unsigned_abs();
+const _: () = assert!(libc::RWF_DSYNC > 0);
 
 impl Engine for AioEngine {
     fn completion_fd(&self) -> RawFd {
@@ -233,38 +204,24 @@ impl Engine for AioEngine {
     }
 
     fn push(&mut self, token: u64, op: IoOp) {
-        if matches!(op, IoOp::Discard { .. } | IoOp::WriteZeroes { .. })
-            || matches!(op, IoOp::Flush if !self.fdsync_in_kernel)
-        {
-            self.helper.push(token, op);
-            return;
-        }
-        let mut iocb = match &op {
-            IoOp::Read { offset, data } => self.rw_iocb(0, false, *offset, data.iovecs()),
-            IoOp::Write {
+        let iocb = match &op {
+            IoOp::Transfer {
+                direction,
                 offset,
                 data,
-                dsync,
-            } => Iocb {
-                aio_rw_flags: if *dsync { libc::RWF_DSYNC } else { 0 },
-                ..self.rw_iocb(0, true, *offset, data.iovecs())
-            },
+            } => self.transfer_iocb(*direction, *offset, data.iovecs()),
+            IoOp::Flush if self.fdsync_in_kernel => self.iocb(IOCB_CMD_FDSYNC),
             IoOp::Flush | IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => {
-                self.iocb(0, IOCB_CMD_FDSYNC)
+                return self.helper.push(token, op);
             }
         };
         // The iocb points at the buffers (or their iovec list's heap allocation), which stay
-        // where they are while `pending` holds them, until the completion hands them back.
-        match self.pending.insert(token, op.into_data()) {
-            Ok(user_data) => {
-                iocb.aio_data = user_data;
-                self.batch.push(iocb);
-            }
-            Err(data) => self.rejected.push(Completion {
-                token,
-                result: Err(io::Error::from_raw_os_error(libc::EBUSY)),
-                data,
-            }),
+        // where they are while `pending` holds the operation, until its completion.
+        if let Some(user_data) = self.pending.insert(token, op) {
+            self.batch.push(IoControlBlock {
+                aio_data: user_data,
+                ..iocb
+            });
         }
     }
 
@@ -304,20 +261,12 @@ impl Engine for AioEngine {
             }
         }
         self.batch.clear();
-        if !self.rejected.is_empty() {
-            self.eventfd.write(1)?;
-        }
         self.helper.submit()
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        drain_eventfd(&self.eventfd)?;
-        self.poll(out)
-    }
-
-    fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        out.append(&mut self.rejected);
-        self.helper.collect(out);
+        self.pending.take_refused(out);
+        self.helper.reap(out)?;
         if self.reap_user_ring(out) {
             return Ok(());
         }
@@ -355,6 +304,11 @@ impl Engine for AioEngine {
             }
         }
         Ok(())
+    }
+
+    fn arm(&mut self) -> io::Result<()> {
+        // The kernel (through IOCB_FLAG_RESFD) and the helper both signal this eventfd.
+        drain_eventfd(&self.eventfd)
     }
 }
 

@@ -3,66 +3,63 @@
 //! fallocate; neither interface can emulate write-zeroes on a file system without
 //! `FALLOC_FL_ZERO_RANGE`).
 
+use std::fs::File;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::AsRawFd;
 use std::sync::OnceLock;
 
+use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 use vmm_sys_util::syscall::SyscallReturnCode;
 
-use crate::aligned::AlignedBuffer;
+use super::{AlignedBuffer, Direction, IoOp};
 
-use super::IoOp;
-
-/// Runs `op` on `fd` and returns the bytes moved.
-pub(super) fn execute(fd: RawFd, op: &IoOp) -> io::Result<usize> {
+/// Runs `op` on `file` and returns the bytes moved.
+pub(super) fn execute(file: &File, op: &IoOp) -> io::Result<usize> {
     match *op {
-        IoOp::Read { offset, ref data }
-        | IoOp::Write {
-            offset, ref data, ..
+        IoOp::Transfer {
+            direction,
+            offset,
+            ref data,
         } => {
-            let dir = match *op {
-                IoOp::Write { dsync, .. } => Direction::Write { dsync },
-                _ => Direction::Read,
-            };
             // SAFETY: the operation owns its buffers (`DataBuffers`) for the whole call.
-            unsafe { transfer(fd, offset, data.iovecs(), dir) }
+            unsafe { transfer(file, offset, data.iovecs(), direction) }
         }
         IoOp::Flush => {
-            // SAFETY: fdatasync takes a plain fd and touches no memory of ours.
-            SyscallReturnCode(unsafe { libc::fdatasync(fd) }).into_result()?;
+            file.sync_data()?;
             Ok(0)
         }
         IoOp::Discard { offset, len } => {
             // Discard is a hint: a file system that cannot punch holes loses nothing by
             // ignoring it, exactly as QEMU's file driver treats ENOTSUP.
-            match fallocate(fd, PUNCH_HOLE, offset, len) {
+            match punch_hole(file, offset, len) {
                 Err(e) if is_unsupported(&e) => Ok(0),
-                other => other.map(|_| 0),
+                other => other.map(|()| 0),
             }
         }
         IoOp::WriteZeroes { offset, len, unmap } => {
-            if unmap && fallocate(fd, PUNCH_HOLE, offset, len).is_ok() {
+            if unmap && punch_hole(file, offset, len).is_ok() {
                 return Ok(0);
             }
-            match fallocate(
-                fd,
-                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                offset,
-                len,
-            ) {
-                Err(e) if is_unsupported(&e) => write_zeroes_by_hand(fd, offset, len).map(|_| 0),
-                other => other.map(|_| 0),
+            match fallocate(file, FallocateMode::ZeroRange, true, offset, len) {
+                Err(e) if is_unsupported(&e.into()) => {
+                    write_zeroes_by_hand(file, offset, len).map(|()| 0)
+                }
+                Err(e) => Err(e.into()),
+                Ok(()) => Ok(0),
             }
         }
     }
 }
 
-const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-
-#[derive(Clone, Copy)]
-enum Direction {
-    Read,
-    Write { dsync: bool },
+/// Deallocates a range, keeping the file's size.
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    Ok(fallocate(
+        file,
+        FallocateMode::PunchHole,
+        true,
+        offset,
+        len,
+    )?)
 }
 
 /// One `preadv2`/`pwritev2`: returns the bytes moved, which may be fewer than asked (the
@@ -71,17 +68,18 @@ enum Direction {
 /// # Safety
 /// Every iovec must describe memory valid for the transfer's access for the whole call.
 unsafe fn transfer(
-    fd: RawFd,
+    file: &File,
     offset: u64,
     iovs: &[libc::iovec],
-    dir: Direction,
+    direction: Direction,
 ) -> io::Result<usize> {
+    let fd = file.as_raw_fd();
     let pos = super::file_offset(offset);
     // Fewer buffers if the list were too long: a short transfer (it is at most IOV_MAX).
     let cnt = i32::try_from(iovs.len()).unwrap_or(i32::MAX);
     // SAFETY: the caller guarantees the iovecs; `cnt` is at most their number.
     let moved = SyscallReturnCode(unsafe {
-        match dir {
+        match direction {
             Direction::Read => libc::preadv2(fd, iovs.as_ptr(), cnt, pos, 0),
             Direction::Write { dsync } => {
                 let flags = if dsync { libc::RWF_DSYNC } else { 0 };
@@ -92,12 +90,6 @@ unsafe fn transfer(
     .into_result()?;
     // Anything but -1 is a byte count.
     usize::try_from(moved).map_err(|_| io::Error::from_raw_os_error(libc::EIO))
-}
-
-fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-    let (offset, len) = (super::file_offset(offset), super::file_offset(len));
-    // SAFETY: fallocate takes a plain fd and integers.
-    SyscallReturnCode(unsafe { libc::fallocate(fd, mode, offset, len) }).into_empty_result()
 }
 
 fn is_unsupported(e: &io::Error) -> bool {
@@ -118,7 +110,7 @@ fn zero_buffer() -> io::Result<&'static AlignedBuffer> {
     Ok(ZEROES.get().expect("set above"))
 }
 
-fn write_zeroes_by_hand(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+fn write_zeroes_by_hand(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let zeroes = zero_buffer()?.iovec();
     let mut done = 0u64;
     while done < len {
@@ -130,7 +122,7 @@ fn write_zeroes_by_hand(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
         // SAFETY: `iov` is a prefix of the zero buffer, which lives for the whole program.
         let written = unsafe {
             transfer(
-                fd,
+                file,
                 offset + done,
                 std::slice::from_ref(&iov),
                 Direction::Write { dsync: false },

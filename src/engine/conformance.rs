@@ -3,25 +3,24 @@
 //! The null engine moves no data, so it is held to the completion contract only.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryBackend as _;
 
 use super::*;
-use crate::aligned::AlignedBuffer;
+use crate::engine::AlignedBuffer;
 use crate::GuestMemory;
 
 const FILE_BYTES: u64 = 1 << 20;
 const CAPACITY: u16 = 64;
 
-/// An engine under test over its file (kept open for the engine's life).
+/// An engine under test.
 struct Subject {
     engine: Box<dyn Engine>,
     moves_data: bool,
-    _file: File,
+    /// Whether it holds operations in a table of `CAPACITY` entries (and refuses more).
+    bounded: bool,
 }
 
 fn file() -> (tempfile::TempDir, File) {
@@ -41,37 +40,41 @@ fn file() -> (tempfile::TempDir, File) {
 
 /// Every engine, each over a fresh file.
 fn subjects() -> Vec<(&'static str, tempfile::TempDir, Subject)> {
-    type Make = fn(&File) -> (Box<dyn Engine>, bool);
-    let makers: [(&str, Make); 4] = [
-        ("io_uring", |f| {
-            let engine = UringEngine::new(f.as_raw_fd(), CAPACITY, None).unwrap();
-            (Box::new(engine), true)
-        }),
-        ("native", |f| {
-            (
-                Box::new(AioEngine::new(f.as_raw_fd(), CAPACITY).unwrap()),
-                true,
-            )
-        }),
-        ("threads", |f| {
-            (
-                Box::new(ThreadPool::engine(f.as_raw_fd(), 4).unwrap()),
-                true,
-            )
-        }),
-        ("null", |_| {
-            (Box::new(NullEngine::new(CAPACITY).unwrap()), false)
-        }),
+    type Make = fn(Arc<File>) -> Box<dyn Engine>;
+    let makers: [(&str, Make, bool, bool); 4] = [
+        (
+            "io_uring",
+            |f| Box::new(UringEngine::new(f, CAPACITY, None).unwrap()),
+            true,
+            true,
+        ),
+        (
+            "native",
+            |f| Box::new(AioEngine::new(f, CAPACITY).unwrap()),
+            true,
+            true,
+        ),
+        (
+            "threads",
+            |f| Box::new(ThreadPool::engine(f, 4).unwrap()),
+            true,
+            false,
+        ),
+        (
+            "null",
+            |_| Box::new(NullEngine::new(CAPACITY).unwrap()),
+            false,
+            false,
+        ),
     ];
     makers
         .into_iter()
-        .map(|(name, make)| {
+        .map(|(name, make, moves_data, bounded)| {
             let (dir, file) = file();
-            let (engine, moves_data) = make(&file);
             let subject = Subject {
-                engine,
+                engine: make(Arc::new(file)),
                 moves_data,
-                _file: file,
+                bounded,
             };
             (name, dir, subject)
         })
@@ -88,11 +91,10 @@ impl Subject {
         self.engine.submit().unwrap();
         let mut done = Vec::new();
         for _ in 0..100 {
-            self.engine.reap(&mut done).unwrap();
             if done.len() >= count {
                 break;
             }
-            wait_for_completions(&*self.engine, 100).unwrap();
+            reap_or_wait(&mut *self.engine, &mut done, 100).unwrap();
         }
         assert_eq!(done.len(), count, "not every operation completed");
         done.sort_by_key(|c| c.token);
@@ -124,7 +126,8 @@ fn pattern(len: usize, seed: u8) -> AlignedBuffer {
 }
 
 fn read(offset: u64, len: usize) -> IoOp {
-    IoOp::Read {
+    IoOp::Transfer {
+        direction: Direction::Read,
         offset,
         data: DataBuffers::aligned(AlignedBuffer::new(len).unwrap()),
     }
@@ -152,11 +155,11 @@ fn written_data_reads_back_through_two_segments_of_guest_memory() {
             },
         ];
         // SAFETY: both iovecs lie in the one region of `mem`.
-        let guest = unsafe { DataBuffers::in_guest(Arc::new(mem.clone()), iovecs) };
-        let write = IoOp::Write {
+        let guest = unsafe { DataBuffers::borrowing(Arc::new(mem.clone()), iovecs) };
+        let write = IoOp::Transfer {
+            direction: Direction::Write { dsync: false },
             offset: 4096,
             data: guest,
-            dsync: false,
         };
         let written = s.one(1, write);
         assert_eq!(bytes(&written), 64 << 10, "{name}");
@@ -202,10 +205,10 @@ fn flush_dsync_discard_and_write_zeroes_complete_and_zero() {
     for (name, _dir, mut s) in subjects() {
         let data = pattern(16 << 10, 3);
         let want = data.as_slice().to_vec();
-        let write = IoOp::Write {
+        let write = IoOp::Transfer {
+            direction: Direction::Write { dsync: true },
             offset: 0,
             data: DataBuffers::aligned(data),
-            dsync: true,
         };
         assert_eq!(bytes(&s.one(1, write)), 16 << 10, "{name}");
         let ops = [
@@ -246,5 +249,26 @@ fn a_read_across_the_end_of_the_file_returns_what_exists() {
         // A short transfer, which the worker completes by resubmitting the rest.
         let want = if s.moves_data { 4096 } else { 8192 };
         assert_eq!(n, want, "{name}");
+    }
+}
+
+#[test]
+fn an_operation_beyond_the_capacity_is_refused_with_ebusy_and_its_buffers_come_back() {
+    for (name, _dir, mut s) in subjects().into_iter().filter(|(_, _, s)| s.bounded) {
+        let ops = (0..=CAPACITY)
+            .map(|i| (u64::from(i), read(u64::from(i) * 4096, 4096)))
+            .collect();
+        let results = s.run(ops);
+        let refused: Vec<_> = results
+            .iter()
+            .filter(|c| c.result.is_err())
+            .map(|c| (c.token, c.result.as_ref().unwrap_err().raw_os_error()))
+            .collect();
+        assert_eq!(
+            refused,
+            [(u64::from(CAPACITY), Some(libc::EBUSY))],
+            "{name}"
+        );
+        assert!(results.iter().all(|c| c.data.is_some()), "{name}");
     }
 }

@@ -17,8 +17,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::handoff::Handoff;
 use super::pending::Pending;
-use super::{wait_for_completions, Completion, DataBuffers, Engine, IoOp};
-use crate::ratelimit::limited;
+use super::{reap_or_wait, Completion, Direction, Engine, IoOp};
+use crate::util::ratelimit::limited;
 
 pub struct RbdEngine {
     image: Arc<rbd::Image>,
@@ -29,12 +29,9 @@ pub struct RbdEngine {
     /// never reallocates).
     callbacks: Box<[rbd::OnDone]>,
     pending: Pending,
-    /// Whether the request at each entry is a write: librbd reports a written request as 0,
-    /// where the worker expects the bytes moved.
-    writes: Box<[bool]>,
-    /// Operations librbd refused to start, reported at the next reap.
-    rejected: Vec<Completion>,
-    /// Where `collect` takes finished requests, kept for its allocation.
+    /// Entries pushed and not yet handed to librbd.
+    unstarted: Vec<u64>,
+    /// Where `reap` takes finished requests, kept for its allocation.
     finished_batch: Vec<(usize, isize)>,
 }
 
@@ -43,6 +40,7 @@ impl RbdEngine {
     pub fn new(image: Arc<rbd::Image>, capacity: u16) -> io::Result<Self> {
         let capacity = usize::from(capacity.max(1));
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        let pending = Pending::new(capacity, eventfd.try_clone()?);
         let finished = Arc::new(Handoff::new(eventfd));
         let callbacks = (0..capacity)
             .map(|index| {
@@ -54,72 +52,45 @@ impl RbdEngine {
             image,
             finished,
             callbacks,
-            pending: Pending::new(capacity),
-            writes: vec![false; capacity].into_boxed_slice(),
-            rejected: Vec::new(),
+            pending,
+            unstarted: Vec::with_capacity(capacity),
             finished_batch: Vec::with_capacity(capacity),
         })
     }
 
-    fn collect(&mut self, out: &mut Vec<Completion>) {
-        out.append(&mut self.rejected);
-        self.finished.take(&mut self.finished_batch);
-        for (index, result) in self.finished_batch.drain(..) {
-            let result = i64::try_from(result).unwrap_or(-i64::from(libc::EIO));
-            if let Some(mut c) = self.pending.complete(index as u64, result) {
-                if let (Ok(0), Some(data), true) = (&c.result, &c.data, self.writes[index]) {
-                    c.result = Ok(data.len());
-                }
-                out.push(c);
-            }
-        }
-    }
-}
-
-/// An operation without its buffers: what to ask librbd once the buffers are in `pending`.
-#[derive(Clone, Copy)]
-enum Shape {
-    Read(u64),
-    Write(u64),
-    Flush,
-    Discard(u64, u64),
-    WriteZeroes(u64, u64, bool),
-}
-
-impl Shape {
-    fn of(op: &IoOp) -> Shape {
-        match *op {
-            IoOp::Read { offset, .. } => Shape::Read(offset),
-            // librbd without its cache acknowledges a write once it is durable, so a write
-            // the guest wants synchronous needs nothing more.
-            IoOp::Write { offset, .. } => Shape::Write(offset),
-            IoOp::Flush => Shape::Flush,
-            IoOp::Discard { offset, len } => Shape::Discard(offset, len),
-            IoOp::WriteZeroes { offset, len, unmap } => Shape::WriteZeroes(offset, len, unmap),
-        }
-    }
-
-    /// Starts this operation on `image` with `iovecs`, reporting to `on_done`.
-    ///
-    /// # Safety
-    /// As [`rbd::Image::read`]: the buffers and `on_done` stay valid until it is called.
-    unsafe fn start(
-        self,
-        image: &rbd::Image,
-        iovecs: &[libc::iovec],
-        on_done: &rbd::OnDone,
-    ) -> io::Result<()> {
-        // SAFETY: the caller's contract is each call's.
-        unsafe {
-            match self {
-                Shape::Read(offset) => image.read(offset, iovecs, on_done),
-                Shape::Write(offset) => image.write(offset, iovecs, on_done),
-                Shape::Flush => image.flush(on_done),
-                Shape::Discard(offset, len) => image.discard(offset, len, on_done),
-                Shape::WriteZeroes(offset, len, unmap) => {
+    /// Hands the operation at `user_data` to librbd.
+    fn start(&mut self, user_data: u64) {
+        let (Some(op), Ok(entry)) = (self.pending.get(user_data), usize::try_from(user_data))
+        else {
+            return;
+        };
+        let (image, on_done) = (&*self.image, &self.callbacks[entry]);
+        // SAFETY: the buffers are the operation's own, held in `pending` (their iovec list
+        // does not move) until the callback has run and the completion is reaped; the
+        // callback lives in `callbacks`, and Drop waits for every request in flight.
+        let started = unsafe {
+            match *op {
+                IoOp::Transfer {
+                    direction: Direction::Read,
+                    offset,
+                    ref data,
+                } => image.read(offset, data.iovecs(), on_done),
+                // librbd without its cache acknowledges a write once it is durable, so a
+                // write the guest wants synchronous needs nothing more.
+                IoOp::Transfer {
+                    direction: Direction::Write { .. },
+                    offset,
+                    ref data,
+                } => image.write(offset, data.iovecs(), on_done),
+                IoOp::Flush => image.flush(on_done),
+                IoOp::Discard { offset, len } => image.discard(offset, len, on_done),
+                IoOp::WriteZeroes { offset, len, unmap } => {
                     image.write_zeroes(offset, len, unmap, on_done)
                 }
             }
+        };
+        if let Err(e) = started {
+            self.pending.refuse(user_data, e);
         }
     }
 }
@@ -130,52 +101,44 @@ impl Engine for RbdEngine {
     }
 
     fn push(&mut self, token: u64, op: IoOp) {
-        let shape = Shape::of(&op);
-        let index = match self.pending.insert(token, op.into_data()) {
-            Ok(index) => index,
-            Err(data) => {
-                // The worker never has more requests in flight than our capacity.
-                self.rejected.push(Completion {
-                    token,
-                    result: Err(io::Error::from_raw_os_error(libc::EBUSY)),
-                    data,
-                });
-                return;
-            }
-        };
-        let iovecs = self
-            .pending
-            .data(index)
-            .map_or(&[][..], DataBuffers::iovecs);
-        let entry = usize::try_from(index).expect("an index into our own tables");
-        self.writes[entry] = matches!(shape, Shape::Write(_));
-        let callback = &self.callbacks[entry];
-        // SAFETY: the buffers are the operation's own, held in `pending` (their iovec list
-        // does not move) until the callback has run and the completion is reaped; the
-        // callback lives in `callbacks`, and Drop waits for every request in flight.
-        if let Err(e) = unsafe { shape.start(&self.image, iovecs, callback) } {
-            if let Some(refused) = self.pending.complete(index, 0) {
-                self.rejected.push(Completion {
-                    result: Err(e),
-                    ..refused
-                });
-            }
+        if let Some(user_data) = self.pending.insert(token, op) {
+            self.unstarted.push(user_data);
         }
     }
 
     fn submit(&mut self) -> io::Result<()> {
+        // librbd has no batch submission: each request is its own call, made here rather than
+        // in push so that the contract holds (nothing starts before submit).
+        for user_data in std::mem::take(&mut self.unstarted) {
+            self.start(user_data);
+        }
         Ok(())
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        self.finished.reset()?;
-        self.collect(out);
+        self.pending.take_refused(out);
+        self.finished.take(&mut self.finished_batch);
+        for (index, result) in self.finished_batch.drain(..) {
+            let user_data = index as u64;
+            let written = self
+                .pending
+                .get(user_data)
+                .and_then(IoOp::direction)
+                .is_some_and(Direction::is_write);
+            let result = i64::try_from(result).unwrap_or(-i64::from(libc::EIO));
+            if let Some(mut c) = self.pending.complete(user_data, result) {
+                // librbd reports a completed write as 0; the worker expects the bytes moved.
+                if let (true, Ok(0), Some(data)) = (written, &c.result, &c.data) {
+                    c.result = Ok(data.len());
+                }
+                out.push(c);
+            }
+        }
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        self.collect(out);
-        Ok(())
+    fn arm(&mut self) -> io::Result<()> {
+        self.finished.reset()
     }
 }
 
@@ -187,10 +150,9 @@ impl Drop for RbdEngine {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut done = Vec::new();
         while self.pending.in_use() > 0 && Instant::now() < deadline {
-            if wait_for_completions(self, 1000).is_err() {
+            if reap_or_wait(self, &mut done, 1000).is_err() {
                 break;
             }
-            let _ = self.reap(&mut done);
             done.clear();
         }
         if self.pending.in_use() > 0 {
@@ -199,7 +161,7 @@ impl Drop for RbdEngine {
                 "RBD: {} requests still in flight at shutdown; leaving their buffers to librbd",
                 self.pending.in_use()
             );
-            std::mem::forget(std::mem::replace(&mut self.pending, Pending::new(0)));
+            self.pending.leak();
             std::mem::forget(std::mem::take(&mut self.callbacks));
         }
     }

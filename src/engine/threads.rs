@@ -9,6 +9,7 @@
 //! worker polls beside its vring kick, written once per batch of completions.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex};
@@ -31,7 +32,7 @@ struct Queue {
 }
 
 struct Shared {
-    fd: RawFd,
+    file: Arc<File>,
     queue: Mutex<Queue>,
     wake: Condvar,
     done: Handoff<Completion>,
@@ -47,13 +48,13 @@ pub struct ThreadPool {
 }
 
 impl ThreadPool {
-    /// A pool of `threads` threads doing I/O on `fd` (which must outlive the pool) and
-    /// signalling `notify` when a job finishes.
-    pub fn new(fd: RawFd, threads: usize, notify: EventFd) -> io::Result<Self> {
+    /// A pool of `threads` threads doing I/O on `file` and signalling `notify` when a job
+    /// finishes.
+    pub fn new(file: Arc<File>, threads: usize, notify: EventFd) -> io::Result<Self> {
         let done = Handoff::new(notify);
         let completion_fd = done.fd();
         let shared = Arc::new(Shared {
-            fd,
+            file,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             done,
@@ -75,17 +76,12 @@ impl ThreadPool {
     }
 
     /// A stand-alone `aio=threads` engine with its own eventfd.
-    pub fn engine(fd: RawFd, threads: usize) -> io::Result<Self> {
+    pub fn engine(file: Arc<File>, threads: usize) -> io::Result<Self> {
         Self::new(
-            fd,
+            file,
             threads,
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         )
-    }
-
-    /// Collects finished jobs without touching the eventfd; for engines that share theirs.
-    pub(super) fn collect(&self, out: &mut Vec<Completion>) {
-        self.shared.done.take(out);
     }
 }
 
@@ -103,12 +99,8 @@ fn run(shared: &Shared) {
                 queue = shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let result = blocking::execute(shared.fd, &job.op);
-        shared.done.push(Completion {
-            token: job.token,
-            result,
-            data: job.op.into_data(),
-        });
+        let result = blocking::execute(&shared.file, &job.op);
+        shared.done.push(Completion::new(job.token, job.op, result));
     }
 }
 
@@ -137,14 +129,12 @@ impl Engine for ThreadPool {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        self.shared.done.reset()?;
-        self.collect(out);
+        self.shared.done.take(out);
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        self.collect(out);
-        Ok(())
+    fn arm(&mut self) -> io::Result<()> {
+        self.shared.done.reset()
     }
 }
 

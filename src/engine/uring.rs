@@ -20,8 +20,10 @@
 //! are rare, and `fallocate` modes vary by file system in ways that need a synchronous fallback
 //! (writing zeroes by hand) that a ring entry cannot express.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
@@ -29,8 +31,8 @@ use vm_memory::GuestMemoryBackend as _;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::pending::Pending;
-use super::{drain_eventfd, Completion, Engine, IoOp, ThreadPool};
-use crate::ratelimit::limited;
+use super::{drain_eventfd, Completion, Direction, Engine, IoOp, ThreadPool};
+use crate::util::ratelimit::limited;
 use crate::GuestMemory;
 
 /// The io_uring engine of one queue.
@@ -41,16 +43,40 @@ pub struct UringEngine {
     /// Entries pushed but not yet submitted.
     unsubmitted: usize,
     fixed: FixedBuffers,
-    /// The buffers of every operation in the ring, by the user data of its entry.
+    /// Every operation in the ring, by the user data of its entry.
     pending: Pending,
-    /// Operations refused before reaching the ring, reported at the next reap.
-    rejected: Vec<Completion>,
+    /// The disk, registered with the ring as its one fixed file.
+    _file: Arc<File>,
 }
 
 /// The kernel's limit on one registered buffer.
 const MAX_FIXED_BUFFER: usize = 1 << 30;
 /// Buffer-table entries reserved at ring creation: 1 TiB of guest memory in 1 GiB pieces.
 const FIXED_SLOTS: u32 = 1024;
+
+/// What one queue's rings did with guest memory under `--fixed-buffers`, across
+/// connections: written by the queue's engine, read by the status.
+#[derive(Debug, Default)]
+pub struct FixedBufferCounters {
+    registered: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl FixedBufferCounters {
+    /// `(name, value)` of each counter.
+    pub fn values(&self) -> [(&'static str, u64); 2] {
+        [
+            (
+                "io_uring_fixed_registrations",
+                self.registered.load(Ordering::Relaxed),
+            ),
+            (
+                "io_uring_fixed_refusals",
+                self.refused.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}
 
 /// Guest memory registered with the ring.
 #[derive(Default)]
@@ -65,12 +91,20 @@ struct FixedBuffers {
     /// The most guest memory to register, in bytes; `None` when the ring has no buffer table
     /// (fixed buffers not asked for, or refused by the kernel).
     max_bytes: Option<u64>,
+    /// What registrations did (with fixed buffers asked for).
+    counters: Option<Arc<FixedBufferCounters>>,
 }
 
 // SAFETY: the iovecs only describe mappings of `mem`, which is shared, immutable and Send.
 unsafe impl Send for FixedBuffers {}
 
 impl FixedBuffers {
+    fn count(&self, which: impl FnOnce(&FixedBufferCounters) -> &AtomicU64) {
+        if let Some(counters) = &self.counters {
+            crate::util::bump(which(counters), 1);
+        }
+    }
+
     /// The index of the registered buffer that holds every iovec of `iovs`, if one does.
     fn index_of(&self, iovs: &[libc::iovec]) -> Option<u16> {
         let within = |buf: &libc::iovec, v: &libc::iovec| {
@@ -100,9 +134,15 @@ pub fn probe_io_uring() -> io::Result<()> {
 const FIXED_DISK: types::Fixed = types::Fixed(0);
 
 impl UringEngine {
-    /// A ring with room for `capacity` operations on `fd` (which must outlive the engine),
-    /// registering guest memory of up to `fixed_buffers` bytes as fixed buffers.
-    pub fn new(fd: RawFd, capacity: u16, fixed_buffers: Option<u64>) -> io::Result<Self> {
+    /// A ring with room for `capacity` operations on `file`, registering guest memory of up
+    /// to `fixed_buffers` bytes as fixed buffers, counting what it does into the counters
+    /// given with it.
+    pub fn new(
+        file: Arc<File>,
+        capacity: u16,
+        fixed_buffers: Option<(u64, Arc<FixedBufferCounters>)>,
+    ) -> io::Result<Self> {
+        let (fixed_buffers, counters) = fixed_buffers.unzip();
         let entries = u32::from(capacity.max(2)).next_power_of_two();
         let ring = IoUring::builder()
             // Completions are posted by task work on the worker thread. A sleeping worker is
@@ -111,10 +151,11 @@ impl UringEngine {
             .setup_coop_taskrun()
             .setup_taskrun_flag()
             .build(entries)?;
-        ring.submitter().register_files(&[fd])?;
+        ring.submitter().register_files(&[file.as_raw_fd()])?;
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        let helper = ThreadPool::new(fd, 1, eventfd.try_clone()?)?;
+        let helper = ThreadPool::new(file.clone(), 1, eventfd.try_clone()?)?;
+        let pending = Pending::new(usize::from(capacity.max(1)), eventfd.try_clone()?);
         let max_bytes =
             fixed_buffers.filter(
                 |_| match ring.submitter().register_buffers_sparse(FIXED_SLOTS) {
@@ -136,6 +177,7 @@ impl UringEngine {
         let fixed = FixedBuffers {
             vectored,
             max_bytes,
+            counters,
             ..FixedBuffers::default()
         };
         Ok(UringEngine {
@@ -144,8 +186,8 @@ impl UringEngine {
             helper,
             unsubmitted: 0,
             fixed,
-            pending: Pending::new(usize::from(capacity.max(1))),
-            rejected: Vec::new(),
+            pending,
+            _file: file,
         })
     }
 
@@ -174,6 +216,7 @@ impl UringEngine {
                 max_bytes >> 20
             );
             bufs.clear();
+            self.fixed.count(|c| &c.refused);
         }
         // Entries of the previous registration beyond the new ones are cleared.
         let mut update = bufs.clone();
@@ -199,6 +242,7 @@ impl UringEngine {
                         bufs.len(),
                         mem.num_regions()
                     );
+                    self.fixed.count(|c| &c.registered);
                 }
                 self.fixed.bufs = bufs;
             }
@@ -214,22 +258,10 @@ impl UringEngine {
         self.fixed.mem = Some(mem.clone());
     }
 
-    /// Takes every completion queue entry and the helper's finished jobs.
-    fn collect(&mut self, out: &mut Vec<Completion>) {
-        out.append(&mut self.rejected);
-        let pending = &mut self.pending;
-        out.extend(
-            self.ring
-                .completion()
-                .filter_map(|cqe| pending.complete(cqe.user_data(), i64::from(cqe.result()))),
-        );
-        self.helper.collect(out);
-    }
-
     fn push_entry(&mut self, entry: squeue::Entry) {
         loop {
-            // SAFETY: the entry's buffers are held in `pending` until the kernel completes it
-            // (and the registered disk fd lives as long as the ring).
+            // SAFETY: the entry's buffers are held in `pending` until the kernel completes it,
+            // and the registered disk file (`_file`) lives as long as the ring.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 self.unsubmitted += 1;
                 return;
@@ -261,65 +293,60 @@ impl Engine for UringEngine {
         self.eventfd.as_raw_fd()
     }
 
-    fn use_guest_memory(&mut self, mem: &Arc<GuestMemory>) {
-        let registered = self.fixed.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem));
-        if self.fixed.max_bytes.is_some() && !registered {
+    fn set_guest_memory(&mut self, mem: &Arc<GuestMemory>) {
+        if self.fixed.max_bytes.is_some() {
             self.register(mem);
         }
     }
 
     fn push(&mut self, token: u64, op: IoOp) {
         let entry = match &op {
-            IoOp::Read { offset, data } => {
-                let iovs = data.iovecs();
-                let (iovcnt, first_len) = ring_lengths(iovs);
-                match self.fixed.index_of(iovs) {
-                    Some(index) if iovcnt == 1 => opcode::ReadFixed::new(
-                        FIXED_DISK,
-                        iovs[0].iov_base.cast(),
-                        first_len,
-                        index,
-                    )
-                    .offset(*offset)
-                    .build(),
-                    Some(index) => {
-                        opcode::ReadvFixed::new(FIXED_DISK, iovs.as_ptr(), iovcnt, index)
-                            .offset(*offset)
-                            .build()
-                    }
-                    None => opcode::Readv::new(FIXED_DISK, iovs.as_ptr(), iovcnt)
-                        .offset(*offset)
-                        .build(),
-                }
-            }
-            IoOp::Write {
+            IoOp::Transfer {
+                direction,
                 offset,
                 data,
-                dsync,
             } => {
                 let iovs = data.iovecs();
                 let (iovcnt, first_len) = ring_lengths(iovs);
-                let flags = if *dsync { libc::RWF_DSYNC } else { 0 };
-                match self.fixed.index_of(iovs) {
-                    Some(index) if iovcnt == 1 => opcode::WriteFixed::new(
-                        FIXED_DISK,
-                        iovs[0].iov_base.cast(),
-                        first_len,
-                        index,
-                    )
-                    .offset(*offset)
-                    .rw_flags(flags)
-                    .build(),
-                    Some(index) => {
-                        opcode::WritevFixed::new(FIXED_DISK, iovs.as_ptr(), iovcnt, index)
-                            .offset(*offset)
+                let (o, fixed) = (*offset, self.fixed.index_of(iovs));
+                let flags = match direction {
+                    Direction::Write { dsync: true } => libc::RWF_DSYNC,
+                    _ => 0,
+                };
+                match (*direction, fixed) {
+                    (Direction::Read, Some(i)) if iovcnt == 1 => {
+                        opcode::ReadFixed::new(FIXED_DISK, iovs[0].iov_base.cast(), first_len, i)
+                            .offset(o)
+                            .build()
+                    }
+                    (Direction::Read, Some(i)) => {
+                        opcode::ReadvFixed::new(FIXED_DISK, iovs.as_ptr(), iovcnt, i)
+                            .offset(o)
+                            .build()
+                    }
+                    (Direction::Read, None) => {
+                        opcode::Readv::new(FIXED_DISK, iovs.as_ptr(), iovcnt)
+                            .offset(o)
+                            .build()
+                    }
+                    (Direction::Write { .. }, Some(i)) if iovcnt == 1 => {
+                        opcode::WriteFixed::new(FIXED_DISK, iovs[0].iov_base.cast(), first_len, i)
+                            .offset(o)
                             .rw_flags(flags)
                             .build()
                     }
-                    None => opcode::Writev::new(FIXED_DISK, iovs.as_ptr(), iovcnt)
-                        .offset(*offset)
-                        .rw_flags(flags)
-                        .build(),
+                    (Direction::Write { .. }, Some(i)) => {
+                        opcode::WritevFixed::new(FIXED_DISK, iovs.as_ptr(), iovcnt, i)
+                            .offset(o)
+                            .rw_flags(flags)
+                            .build()
+                    }
+                    (Direction::Write { .. }, None) => {
+                        opcode::Writev::new(FIXED_DISK, iovs.as_ptr(), iovcnt)
+                            .offset(o)
+                            .rw_flags(flags)
+                            .build()
+                    }
                 }
             }
             IoOp::Flush => opcode::Fsync::new(FIXED_DISK)
@@ -331,14 +358,9 @@ impl Engine for UringEngine {
             }
         };
         // The entry points at the iovec list's heap allocation, which stays where it is while
-        // `pending` holds the buffers, until the completion hands them back.
-        match self.pending.insert(token, op.into_data()) {
-            Ok(user_data) => self.push_entry(entry.user_data(user_data)),
-            Err(data) => self.rejected.push(Completion {
-                token,
-                result: Err(io::Error::from_raw_os_error(libc::EBUSY)),
-                data,
-            }),
+        // `pending` holds the operation, until the completion hands it back.
+        if let Some(user_data) = self.pending.insert(token, op) {
+            self.push_entry(entry.user_data(user_data));
         }
     }
 
@@ -351,20 +373,23 @@ impl Engine for UringEngine {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
-        // Reset the eventfd before looking at the sources, so a completion that lands after
-        // the look re-arms it and is not missed.
-        drain_eventfd(&self.eventfd)?;
-        self.collect(out);
-        Ok(())
-    }
-
-    fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         if self.ring.completion().is_empty() && self.ring.submission().taskrun() {
             // Completions wait in task work; any system call runs it.
             self.ring.submit()?;
         }
-        self.collect(out);
-        Ok(())
+        self.pending.take_refused(out);
+        let pending = &mut self.pending;
+        out.extend(
+            self.ring
+                .completion()
+                .filter_map(|cqe| pending.complete(cqe.user_data(), i64::from(cqe.result()))),
+        );
+        self.helper.reap(out)
+    }
+
+    fn arm(&mut self) -> io::Result<()> {
+        // The ring and the helper both signal this eventfd.
+        drain_eventfd(&self.eventfd)
     }
 }
 
@@ -386,6 +411,7 @@ mod tests {
             vectored: true,
             max_bytes: Some(u64::MAX),
             mem: None,
+            counters: None,
         };
         assert_eq!(fixed.index_of(&[iov(0x1000, 0x1000)]), Some(0));
         assert_eq!(

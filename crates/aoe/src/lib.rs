@@ -2,11 +2,12 @@
 //! vhost-user or virtio concern.
 //!
 //! [`frame`] encodes and parses AoE frames, [`socket`] is the raw AF_PACKET socket
-//! (with [`ring`], its memory-mapped receive ring),
-//! [`flow`] the congestion window and RTT estimate, [`gather`] when to let replies gather
-//! instead of waking for each, [`discover`] finds a target. vblkd's initiator is an I/O engine
-//! built on these (`vblkd::engine::AoeEngine`), and a target could be built on them too.
-//! See vblkd's docs/aoe.md.
+//! (with [`ring`], its memory-mapped receive ring), [`initiator`] the initiator's protocol
+//! state without I/O (requests into frames, retransmission, deadlines), which uses
+//! [`flow`] (the congestion window and RTT estimate) and [`gather`] (when to let replies
+//! gather instead of waking for each); [`discover`] finds a target. vblkd's AoE engine is glue
+//! between an [`initiator::Initiator`], a socket and timers (`vblkd::engine::AoeEngine`),
+//! and a target can be built on the same frames and socket. See vblkd's docs/aoe.md.
 
 use std::io;
 
@@ -14,6 +15,7 @@ pub mod discover;
 pub mod flow;
 pub mod frame;
 pub mod gather;
+pub mod initiator;
 pub mod ring;
 pub mod socket;
 

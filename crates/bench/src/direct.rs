@@ -11,7 +11,7 @@ use std::path::Path;
 use io_uring::{opcode, types, IoUring};
 
 use super::{fill_with_data, BenchError, LoadQueue, Prepared, SharedBuffers, Workload};
-use vblkd::aligned::AlignedBuffer;
+use diskio::AlignedBuffer;
 
 struct DirectQueue {
     ring: IoUring,

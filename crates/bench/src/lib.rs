@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use procstat::{page_cache_bytes, ProcessSample};
 use rng::Rng;
-pub use vblkd::histogram::Histogram;
+pub use vblkd::util::histogram::Histogram;
 
 /// Access pattern, named as fio names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -76,7 +76,7 @@ impl Workload {
         let mut label = format!(
             "{} bs={} qd={} queues={}",
             self.rw.name(),
-            vblkd::size::label(self.bs as u64),
+            vblkd::util::size::label(self.bs as u64),
             self.iodepth,
             self.queues
         );

@@ -32,7 +32,7 @@ struct MatrixArgs {
     #[arg(long, value_name = "FILE")]
     disk: PathBuf,
     /// Size of the disk file when it has to be created.
-    #[arg(long, default_value = "1G", value_parser = vblkd::size::parse)]
+    #[arg(long, default_value = "1G", value_parser = vblkd::util::size::parse)]
     size: u64,
     /// Where report.md, results.json and the charts go.
     #[arg(long, value_name = "DIR", default_value = "bench-report")]
@@ -77,7 +77,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "randread")]
     rw: Rw,
     /// Block size; suffixes K, M.
-    #[arg(long, default_value = "4k", value_parser = vblkd::size::parse)]
+    #[arg(long, default_value = "4k", value_parser = vblkd::util::size::parse)]
     bs: u64,
     /// Requests in flight per queue.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -129,7 +129,7 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             format!(
                 "--bs {} is larger than {}",
                 args.bs,
-                vblkd::size::label(vblkd_bench::MAX_BLOCK_SIZE)
+                vblkd::util::size::label(vblkd_bench::MAX_BLOCK_SIZE)
             )
         })?;
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {

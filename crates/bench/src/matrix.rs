@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use vblkd::notify::NotifySocket;
+use vblkd::service::notify::NotifySocket;
 
 use super::report;
 use super::results::{Config, Peer, Row};
@@ -214,7 +214,7 @@ fn start_daemon(
             let ready = NotifySocket::bind(&dir.join("vblkd-notify.sock"))
                 .map_err(|e| format!("cannot make a notify socket in {}: {e}", dir.display()))?;
             cmd.env("RUST_LOG", "info")
-                .env(vblkd::notify::NOTIFY_SOCKET, ready.path())
+                .env(vblkd::service::notify::NOTIFY_SOCKET, ready.path())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log);

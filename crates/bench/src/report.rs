@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::chart;
 use super::results::{same_shape, workload, Peer, Results, Row};
 use super::{RunResult, Rw, Workload};
-use vblkd::size;
+use vblkd::util::size;
 
 /// How the matrix was run, for the report's header.
 #[derive(Debug, Clone)]

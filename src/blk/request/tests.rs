@@ -6,7 +6,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::blk::layout::status;
-use crate::testing::desc::{INDIRECT, NEXT, WRITE as W};
+use vblkd_test_support::desc::{INDIRECT, NEXT, WRITE as W};
 
 const HDR: u64 = 0x10_000;
 const DATA: u64 = 0x20_000;
@@ -28,7 +28,7 @@ fn memory() -> GuestMemory {
 
 fn limits() -> Limits {
     Limits {
-        capacity: 1 << 20,
+        capacity: std::sync::Arc::new(crate::disk::Capacity::new(1 << 20, 512).unwrap()),
         block_size: 512,
         read_only: false,
         max_data_bytes: 1 << 20,
@@ -614,7 +614,7 @@ mod property {
                         RequestKind::Read { offset } | RequestKind::Write { offset } => {
                             prop_assert_eq!(total, req.data_len);
                             prop_assert_eq!(offset % 512, 0);
-                            prop_assert!(offset + req.data_len as u64 <= limits.capacity);
+                            prop_assert!(offset + req.data_len as u64 <= limits.capacity.bytes());
                             prop_assert!(req.data_len as u64 <= limits.max_data_bytes);
                             let is_read = matches!(req.kind, RequestKind::Read { .. });
                             prop_assert!(!read_only || is_read, "a write to a read-only disk");
@@ -623,7 +623,7 @@ mod property {
                         RequestKind::Discard { offset, len }
                         | RequestKind::WriteZeroes { offset, len, .. } => {
                             prop_assert!(!read_only);
-                            prop_assert!(offset.checked_add(len).is_some_and(|e| e <= limits.capacity));
+                            prop_assert!(offset.checked_add(len).is_some_and(|e| e <= limits.capacity.bytes()));
                         }
                         RequestKind::Flush => {}
                     }

@@ -1,0 +1,93 @@
+//! The memory an operation reads into or writes from, owned by the operation.
+//!
+//! Whoever carries out an operation keeps its buffers until its completion hands them back, so
+//! nothing it holds can outlive the memory it points at, and handing an operation over is
+//! safe. vblkd's queue worker gets the buffers back with the completion and reuses their iovec
+//! list for its next request: no allocation per request.
+
+use std::sync::Arc;
+
+use crate::aligned::AlignedBuffer;
+
+/// An iovec list and what keeps the memory it describes alive.
+pub struct DataBuffers {
+    iovecs: Vec<libc::iovec>,
+    owner: Owner,
+}
+
+enum Owner {
+    /// Memory someone else mapped (a guest's), kept mapped for as long as this is referenced.
+    Borrowed { _keeper: Arc<dyn Send + Sync> },
+    /// A buffer of our own (a bounce buffer; a test's data).
+    Aligned(AlignedBuffer),
+}
+
+impl std::fmt::Debug for DataBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataBuffers")
+            .field("iovecs", &self.iovecs.len())
+            .field("bytes", &self.len())
+            .finish()
+    }
+}
+
+// SAFETY: the iovecs point into memory `owner` keeps alive wherever the value goes: a
+// reference-counted mapping that is Send + Sync, or a heap buffer this value owns.
+unsafe impl Send for DataBuffers {}
+
+impl DataBuffers {
+    /// Buffers in memory that `keeper` keeps mapped (a guest's memory mapping).
+    ///
+    /// # Safety
+    /// Every iovec must lie within memory that stays mapped, readable and writable, for as
+    /// long as `keeper` lives.
+    pub unsafe fn borrowing(keeper: Arc<dyn Send + Sync>, iovecs: Vec<libc::iovec>) -> Self {
+        DataBuffers {
+            iovecs,
+            owner: Owner::Borrowed { _keeper: keeper },
+        }
+    }
+
+    /// All of `buffer`.
+    pub fn aligned(buffer: AlignedBuffer) -> Self {
+        DataBuffers {
+            iovecs: vec![*buffer.iovec()],
+            owner: Owner::Aligned(buffer),
+        }
+    }
+
+    /// The buffers, valid while `self` lives.
+    pub fn iovecs(&self) -> &[libc::iovec] {
+        &self.iovecs
+    }
+
+    /// The bytes the iovecs describe.
+    pub fn len(&self) -> usize {
+        self.iovecs.iter().map(|v| v.iov_len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the first `n` bytes from the iovecs: what is left of a transfer after a short one.
+    pub fn advance(&mut self, n: usize) {
+        let mut rest = Vec::with_capacity(self.iovecs.len());
+        crate::iov::subrange(&self.iovecs, n, self.len().saturating_sub(n), &mut rest);
+        self.iovecs = rest;
+    }
+
+    /// The buffer of our own these were made from, if any.
+    pub fn into_aligned(self) -> Option<AlignedBuffer> {
+        match self.owner {
+            Owner::Aligned(buffer) => Some(buffer),
+            Owner::Borrowed { .. } => None,
+        }
+    }
+
+    /// The iovec list, emptied, for the next request's buffers (its allocation is kept).
+    pub fn recycle(mut self) -> Vec<libc::iovec> {
+        self.iovecs.clear();
+        self.iovecs
+    }
+}

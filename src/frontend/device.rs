@@ -1,0 +1,293 @@
+//! The vhost-user-blk device: what the frontend negotiates, and the glue between
+//! `vhost-user-backend`'s per-queue epoll threads and our queue workers.
+//!
+//! `vhost-user-backend` runs one epoll thread per entry of [`queues_per_thread`]; we ask for one
+//! queue per thread. Each thread's epoll holds its vring's kick fd (registered by the library)
+//! and its worker's engine eventfd (registered by [`BlockDevice::register_engines`]), so a
+//! thread sleeps until either the guest or the disk has something for it. Each worker sits
+//! behind its own mutex, which only its thread takes on the data path — the control thread
+//! takes it only to drain the queue on GET_VRING_BASE or shutdown.
+//!
+//! The device offers `INFLIGHT_SHMFD` whatever the engine: tracking happens in the worker,
+//! above the engine seam, so every engine's requests survive a crash of the daemon (see
+//! [`super::inflight`]).
+//!
+//! [`queues_per_thread`]: VhostUserBackend::queues_per_thread
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::Backend;
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::inflight::InflightBuffer;
+use super::sigbus;
+use super::DeviceState;
+use crate::blk::config::{
+    config_space, device_features, max_request_bytes, CONFIG_LEN, WRITEBACK_OFFSET,
+};
+use crate::blk::layout::ConfigSpace;
+use crate::disk::{Disk, DiskError};
+use crate::queue::{QueueConfig, QueueWorker};
+use crate::util::ratelimit::limited;
+use crate::GuestMemory;
+
+/// Largest configuration-space read we answer (the virtio-blk config is well below this).
+const MAX_CONFIG_READ: u32 = 256;
+
+pub struct BlockDevice {
+    disk: Arc<dyn Disk>,
+    num_queues: u16,
+    queue_size: u16,
+    write_cache: Arc<AtomicBool>,
+    workers: Vec<Mutex<QueueWorker>>,
+    /// The in-flight tracking buffer the frontend set (GET_/SET_INFLIGHT_FD); each worker
+    /// takes its region when its ring starts.
+    inflight: Mutex<Option<Arc<InflightBuffer>>>,
+    /// Where the frontend's channel goes, and the rest that outlives this connection.
+    state: Arc<DeviceState>,
+}
+
+impl BlockDevice {
+    /// A device on `disk` with `num_queues` queues of up to `queue_size` entries, each with a
+    /// fresh engine, busy-polling for `poll` after work if set. `mem` is the guest memory the
+    /// vhost-user library maintains; `state` is what outlives the connection.
+    pub fn new(
+        disk: Arc<dyn Disk>,
+        num_queues: u16,
+        queue_size: u16,
+        poll: Option<Duration>,
+        mem: GuestMemoryAtomic<GuestMemory>,
+        state: &Arc<DeviceState>,
+    ) -> Result<Self, DiskError> {
+        let write_cache = state.write_cache.clone();
+        let config = Arc::new(QueueConfig::new(
+            disk.info(),
+            max_request_bytes(queue_size),
+            write_cache.clone(),
+            poll,
+        ));
+        let workers = (0..num_queues)
+            .zip(&state.queues)
+            .map(|(queue, stats)| {
+                let engine = disk.engine(queue, queue_size)?;
+                Ok(Mutex::new(QueueWorker::new(
+                    queue,
+                    engine,
+                    config.clone(),
+                    mem.clone(),
+                    queue_size,
+                    stats.clone(),
+                )))
+            })
+            .collect::<Result<Vec<_>, DiskError>>()?;
+        Ok(BlockDevice {
+            disk,
+            num_queues,
+            queue_size,
+            write_cache,
+            workers,
+            inflight: Mutex::new(None),
+            state: state.clone(),
+        })
+    }
+
+    /// The epoll event id of a worker's engine eventfd. The library reserves ids up to
+    /// `num_queues` for kicks and its own events.
+    fn engine_event(&self) -> u16 {
+        self.num_queues + 1
+    }
+
+    /// Puts each worker's engine eventfd into its thread's epoll set.
+    pub fn register_engines(
+        &self,
+        handlers: &[Arc<VringEpollHandler<Arc<BlockDevice>>>],
+    ) -> io::Result<()> {
+        for (worker, handler) in self.workers.iter().zip(handlers) {
+            let fd = self.worker(worker).engine_fd();
+            handler.register_listener(fd, EventSet::IN, u64::from(self.engine_event()))?;
+        }
+        Ok(())
+    }
+
+    /// Completes every in-flight request on every queue.
+    pub fn drain(&self) {
+        for worker in &self.workers {
+            self.worker(worker).drain();
+        }
+    }
+
+    fn worker<'a>(&self, worker: &'a Mutex<QueueWorker>) -> MutexGuard<'a, QueueWorker> {
+        // A worker that panicked mid-request leaves consistent-enough state to drain; keep
+        // serving rather than poison every later event.
+        worker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn config(&self) -> ConfigSpace {
+        config_space(
+            self.disk.info(),
+            self.num_queues,
+            self.queue_size,
+            self.write_cache.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl VhostUserBackend for BlockDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.num_queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        device_features(self.disk.info()) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        self.state.channel.connected(backend);
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The library configures each queue's event-index handling itself.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let Some(end) = offset
+            .checked_add(size)
+            .filter(|&end| end <= MAX_CONFIG_READ)
+        else {
+            return Vec::new();
+        };
+        // Fields past the ones we implement read as zero, as on a device that predates them.
+        let mut bytes = vec![0u8; MAX_CONFIG_READ as usize];
+        bytes[..CONFIG_LEN].copy_from_slice(self.config().as_slice());
+        bytes[offset as usize..end as usize].to_vec()
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // The writeback byte is the only writable field of virtio-blk's config space. Other
+        // writes are ignored rather than failed: an error here would make the vhost-user
+        // library drop the whole connection.
+        match (offset, buf) {
+            (WRITEBACK_OFFSET, [wce]) => {
+                let on = *wce != 0;
+                limited!(
+                    log::Level::Info,
+                    "guest turned the write cache {}",
+                    if on { "on" } else { "off" }
+                );
+                self.write_cache.store(on, Ordering::Relaxed);
+            }
+            _ => limited!(
+                log::Level::Warn,
+                "ignoring a {}-byte write to read-only config space at offset {offset}",
+                buf.len()
+            ),
+        }
+        Ok(())
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
+        // The workers hold the same GuestMemoryAtomic the library just updated. The frontend
+        // keeps the files behind it and could shrink them: guard every region against that.
+        for region in mem.memory().iter() {
+            sigbus::guard(region.as_ptr(), region.size());
+        }
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if let Some(worker) = self.workers.get(queue_index as usize) {
+            self.worker(worker).stop();
+        }
+        Ok(())
+    }
+
+    fn get_inflight_fd(&self, msg: &VhostUserInflight) -> io::Result<(VhostUserInflight, File)> {
+        if msg.num_queues > self.num_queues {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "an inflight buffer for {} queues; this device has {}",
+                    msg.num_queues, self.num_queues
+                ),
+            ));
+        }
+        let (buffer, file) = InflightBuffer::create(msg.num_queues, msg.queue_size)?;
+        *self.inflight.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(buffer));
+        let size = InflightBuffer::size_for(msg.num_queues, msg.queue_size);
+        Ok((
+            VhostUserInflight::new(size, 0, msg.num_queues, msg.queue_size),
+            file,
+        ))
+    }
+
+    fn set_inflight_fd(&self, msg: &VhostUserInflight, file: File) -> io::Result<()> {
+        let buffer = InflightBuffer::open(
+            &file,
+            msg.mmap_offset,
+            msg.mmap_size,
+            msg.num_queues,
+            msg.queue_size,
+        )?;
+        *self.inflight.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(buffer));
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let (Some(worker), Some(vring)) = (self.workers.get(thread_id), vrings.first()) else {
+            return Ok(());
+        };
+        let mut worker = self.worker(worker);
+        if !worker.is_started() {
+            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            worker.start(vring, inflight.as_ref().and_then(|b| b.queue(thread_id)));
+        }
+        if device_event == self.engine_event() {
+            worker.on_completion(vring);
+        } else if device_event == 0 {
+            worker.on_kick(vring);
+        }
+        Ok(())
+    }
+}

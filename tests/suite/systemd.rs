@@ -1,0 +1,105 @@
+//! Running under systemd: socket activation (the listening socket passed in LISTEN_FDS serves a
+//! real client), sd_notify READY=1, STATUS= on connect and disconnect, STOPPING=1; and who may
+//! connect to a socket vblkd creates (mode 0600 unless told otherwise, and the group given).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Stdio};
+
+use support::{limits, run_vblkd, vblkd_bin, Client, Daemon};
+use vblkd::service::notify::{NotifySocket, NOTIFY_SOCKET};
+
+#[test]
+#[ignore = "needs systemd-socket-activate"]
+fn a_socket_passed_by_systemd_serves_a_client_and_the_state_is_reported() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let socket = dir.path().join("activated.sock");
+    let supervisor = NotifySocket::bind(&dir.path().join("notify.sock")).unwrap();
+    // systemd-socket-activate listens, and starts vblkd with the socket on the first
+    // connection, as a .socket unit does.
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(format!(
+            "--setenv={NOTIFY_SOCKET}={}",
+            supervisor.path().display()
+        ))
+        .arg(vblkd_bin())
+        .args(["serve", "--disk", "null:64M"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate runs (Debian package systemd; scripts/setup installs it)");
+    support::eventually("the activator listening", limits::REPLY, || {
+        socket.exists() || activator.try_wait().unwrap().is_some()
+    });
+    assert!(
+        activator.try_wait().unwrap().is_none(),
+        "systemd-socket-activate exited"
+    );
+    let before = std::fs::metadata(&socket).unwrap().ino();
+
+    let mut client = Client::connect(&socket, 1, false, 1 << 20).unwrap();
+    let gone = || false;
+    assert!(supervisor.wait_for("READY=1", limits::REPLY, gone).unwrap());
+    assert!(supervisor
+        .wait_for("STATUS=serving a frontend", limits::REPLY, gone)
+        .unwrap());
+    assert_eq!(client.read_sync(0, 0, 4096), 0);
+    drop(client);
+    assert!(supervisor
+        .wait_for("STATUS=waiting for a frontend", limits::REPLY, gone)
+        .unwrap());
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().ino(),
+        before,
+        "vblkd replaced the socket systemd made"
+    );
+
+    // SAFETY: signalling our own child, which exec'd vblkd.
+    unsafe { libc::kill(i32::try_from(activator.id()).unwrap(), libc::SIGTERM) };
+    assert!(supervisor
+        .wait_for("STOPPING=1", limits::REPLY, gone)
+        .unwrap());
+    assert!(activator.wait().unwrap().success());
+}
+
+#[test]
+fn the_socket_is_the_owners_unless_a_group_is_given() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let daemon = Daemon::start(dir.path(), &["--disk", "null:64M"]);
+    let meta = std::fs::metadata(&daemon.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(daemon.stop().success());
+
+    // Group 1 exists on every Debian system ("daemon").
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--disk",
+            "null:64M",
+            "--socket-mode",
+            "0660",
+            "--socket-group",
+            "1",
+        ],
+    );
+    let meta = std::fs::metadata(&daemon.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 1);
+    assert!(daemon.stop().success());
+
+    let socket = dir.path().join("s.sock");
+    let socket = socket.to_str().unwrap();
+    for (args, says) in [
+        (vec!["--socket-mode", "0999"], "not a permission mode"),
+        (vec!["--socket-group", "no-such-group-here"], "no group"),
+    ] {
+        let mut all = vec!["serve", "--socket", socket, "--disk", "null:64M"];
+        all.extend(args);
+        let (code, stderr) = run_vblkd(&all);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    let (code, stderr) = run_vblkd(&["serve", "--disk", "null:64M"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--socket PATH is needed"), "{stderr}");
+}
