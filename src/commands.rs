@@ -10,10 +10,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::disk::{DiskOptions, DiskSpec};
-use crate::frontend::sigbus;
 use crate::service::control::{self, ClientError};
 use crate::service::daemon::{self, ServeOptions, Socket};
 use crate::service::{activation, status::Command};
+use crate::util::sigbus;
 
 /// Everything `vblkd serve` is told.
 #[derive(Debug)]

@@ -10,7 +10,7 @@
 //!
 //! The device offers `INFLIGHT_SHMFD` whatever the engine: tracking happens in the worker,
 //! above the engine seam, so every engine's requests survive a crash of the daemon (see
-//! [`super::inflight`]).
+//! [`crate::queue::inflight`]).
 //!
 //! [`queues_per_thread`]: VhostUserBackend::queues_per_thread
 
@@ -31,16 +31,16 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use super::inflight::InflightBuffer;
-use super::sigbus;
 use super::DeviceState;
 use crate::blk::config::{
     config_space, device_features, max_request_bytes, CONFIG_LEN, WRITEBACK_OFFSET,
 };
 use crate::blk::layout::ConfigSpace;
 use crate::disk::{Disk, DiskError};
+use crate::queue::inflight::InflightBuffer;
 use crate::queue::{QueueConfig, QueueWorker};
 use crate::util::ratelimit::limited;
+use crate::util::sigbus;
 use crate::GuestMemory;
 
 /// Largest configuration-space read we answer (the virtio-blk config is well below this).

@@ -2,11 +2,12 @@
 //! client) negotiates and sends, and the glue between `vhost-user-backend`'s per-queue
 //! threads and the queue workers.
 //!
-//! [`BlockDevice`] is the backend the vhost-user library drives, one per connection;
-//! [`inflight`] is the in-flight tracking buffer shared with the frontend (requests survive a
-//! crash of the daemon); [`sigbus`] guards the guest memory the frontend can take away;
-//! [`BackendChannel`] is the way back to the frontend. Nothing here does I/O: requests go to
-//! [`crate::queue`].
+//! [`BlockDevice`] is the backend the vhost-user library drives, one per connection: it
+//! negotiates features, answers config-space reads and writes, maps the memory the frontend
+//! sends (guarded by [`crate::util::sigbus`]), hands the in-flight tracking buffer to the
+//! queues ([`crate::queue::inflight`]) and their events to the queue workers;
+//! [`BackendChannel`] is the way back to the frontend; [`DeviceState`] what outlives a
+//! connection. Nothing here does I/O: requests go to [`crate::queue`].
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -15,8 +16,6 @@ use crate::queue::QueueStats;
 
 mod channel;
 mod device;
-pub mod inflight;
-pub mod sigbus;
 
 pub use channel::BackendChannel;
 pub use device::BlockDevice;

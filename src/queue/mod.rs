@@ -12,7 +12,7 @@
 //! With `--poll-us`, the worker busy-polls ring and engine for a while after its last work
 //! before it sleeps ([`poll`]).
 //!
-//! When the frontend gave us an in-flight tracking buffer ([`crate::frontend::inflight`]),
+//! When the frontend gave us an in-flight tracking buffer ([`inflight`]),
 //! every head is also recorded there from the moment it is taken until its used-ring entry is
 //! written, and a ring start resubmits what a crashed predecessor left in flight.
 //!
@@ -34,15 +34,16 @@ use crate::blk::layout::status;
 use crate::blk::request::{self, Limits, Rejected, RequestKind, Scratch};
 use crate::disk::{DiskInfo, SERIAL_LEN};
 use crate::engine::{reap_or_wait, Completion, Direction, Engine, IoOp, Wakeup};
-use crate::frontend::inflight::InflightQueue;
 use crate::util::ratelimit::limited;
 use crate::GuestMemory;
 use diskio::iov;
+use inflight::InflightQueue;
 use poll::{Awaiting, PollWindows};
 use slot::{Failure, Outcome, Slot, Transfer};
 pub use stats::{Counter, QueueStats};
 
 mod bounce;
+pub mod inflight;
 mod poll;
 mod slot;
 mod stats;

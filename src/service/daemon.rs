@@ -25,7 +25,8 @@ use vmm_sys_util::signal::{block_signal, create_sigset, Error as SignalError};
 use super::status::Served;
 use super::{control, metrics, notify};
 use crate::disk::{Disk, DiskError};
-use crate::frontend::{sigbus, BlockDevice};
+use crate::frontend::BlockDevice;
+use crate::util::sigbus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

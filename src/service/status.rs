@@ -327,7 +327,7 @@ impl Served {
         Stats {
             total,
             queues,
-            guest_pages_lost: crate::frontend::sigbus::pages_replaced(),
+            guest_pages_lost: crate::util::sigbus::pages_replaced(),
         }
     }
 

@@ -1,11 +1,13 @@
 //! Small things the layers above share and that depend on none of them: rate-limited logging
-//! for what a guest can provoke, size arguments ("4k", "1G"), a latency histogram, and the
-//! single-writer counter increment.
+//! for what a guest can provoke, size arguments ("4k", "1G"), a latency histogram, the
+//! SIGBUS guard for memory another process can take away, and the single-writer counter
+//! increment.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod histogram;
 pub mod ratelimit;
+pub mod sigbus;
 pub mod size;
 
 /// Adds `n` to a counter only one thread writes at a time: a load and a store, no locked

@@ -3,6 +3,13 @@
 
 use support::run_vblkd;
 
+/// A 1 MiB disk image in `dir`.
+fn image(dir: &std::path::Path) -> std::path::PathBuf {
+    let img = dir.join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    img
+}
+
 fn serve_error(dir: &std::path::Path, extra: &[&str]) -> String {
     let socket = dir.join("s.sock");
     let mut args = vec!["serve", "--socket", socket.to_str().unwrap()];
@@ -57,8 +64,7 @@ fn unusable_disks_are_explained() {
 #[test]
 fn bad_options_are_explained() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("disk.img");
-    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let img = image(dir.path());
     let img_s = img.to_str().unwrap();
 
     let e = serve_error(dir.path(), &["--disk", img_s, "--queue-size", "100"]);
@@ -95,8 +101,7 @@ fn bad_options_are_explained() {
 #[test]
 fn options_that_do_not_apply_to_the_disk_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("disk.img");
-    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let img = image(dir.path());
     let img_s = img.to_str().unwrap();
     for (disk, option, says) in [
         (

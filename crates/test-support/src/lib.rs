@@ -221,25 +221,22 @@ impl Daemon {
 
     /// Waits until the daemon's statistics satisfy `cond`, failing the test (saying `what`
     /// did not happen) after [`limits::REPLY`].
-    pub fn wait_for_stats(&self, what: &str, mut cond: impl FnMut(&Stats) -> bool) -> Stats {
-        let mut last = None;
-        eventually(what, limits::REPLY, || {
-            let stats = self.stats();
-            let holds = cond(&stats);
-            last = Some(stats);
-            holds
-        });
-        last.expect("asked at least once")
+    pub fn wait_for_stats(&self, what: &str, cond: impl FnMut(&Stats) -> bool) -> Stats {
+        self.wait_for(what, Self::stats, cond)
     }
 
     /// Waits until what the daemon reports serving satisfies `cond` (see
     /// [`Daemon::wait_for_stats`]).
-    pub fn wait_for_info(&self, what: &str, mut cond: impl FnMut(&Info) -> bool) -> Info {
+    pub fn wait_for_info(&self, what: &str, cond: impl FnMut(&Info) -> bool) -> Info {
+        self.wait_for(what, Self::info, cond)
+    }
+
+    fn wait_for<T>(&self, what: &str, ask: fn(&Self) -> T, mut cond: impl FnMut(&T) -> bool) -> T {
         let mut last = None;
         eventually(what, limits::REPLY, || {
-            let info = self.info();
-            let holds = cond(&info);
-            last = Some(info);
+            let answer = ask(self);
+            let holds = cond(&answer);
+            last = Some(answer);
             holds
         });
         last.expect("asked at least once")

@@ -1,4 +1,4 @@
-//! The guest side of the crash test (tests/crash.rs): keeps a vhost-user-blk disk busy with
+//! The guest side of the crash test (tests/suite/crash.rs): keeps a vhost-user-blk disk busy with
 //! stamped O_DIRECT writes, flushes and verifying reads from many threads while the host kills
 //! and restarts the daemon under it; when told to stop, checks that every write the disk
 //! acknowledged is on it.

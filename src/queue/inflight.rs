@@ -142,7 +142,7 @@ impl InflightBuffer {
         let buffer = Self::map(file, offset, needed, num_queues, queue_size)?;
         // The frontend keeps this file and could shrink it (ours are sealed; this one may not
         // be).
-        super::sigbus::guard(buffer.base.as_ptr(), buffer.len);
+        crate::util::sigbus::guard(buffer.base.as_ptr(), buffer.len);
         Ok(buffer)
     }
 
