@@ -187,7 +187,7 @@ impl Slot {
             .is_some_and(|t| t.direction == Direction::Read);
         match data {
             Some(data) if self.bounced && ok && read => bounce::copy_back(&self.iov, data),
-            // The guest's iovecs stay for the next bounced request's copy.
+            // A bounce buffer is dropped; the guest's iovecs stayed in the slot.
             Some(_) if self.bounced => {}
             // The guest's iovec list, emptied: the next request's, without allocating.
             Some(data) => self.iov = data.recycle(),

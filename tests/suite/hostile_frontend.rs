@@ -339,11 +339,13 @@ fn memory_table_sent_again_while_reads_are_in_flight(aio: &str) {
 }
 
 #[test]
+#[ignore = "needs root (a loop device throttled by a blkio cgroup)"]
 fn memory_table_sent_again_while_reads_are_in_flight_io_uring() {
     memory_table_sent_again_while_reads_are_in_flight("io_uring");
 }
 
 #[test]
+#[ignore = "needs root (a loop device throttled by a blkio cgroup)"]
 fn memory_table_sent_again_while_reads_are_in_flight_native() {
     memory_table_sent_again_while_reads_are_in_flight("native");
 }
