@@ -204,16 +204,19 @@ impl Engine for AioEngine {
     }
 
     fn push(&mut self, token: u64, op: IoOp) {
-        let iocb = match &op {
-            IoOp::Transfer {
-                direction,
-                offset,
-                data,
-            } => self.transfer_iocb(*direction, *offset, data.iovecs()),
-            IoOp::Flush if self.fdsync_in_kernel => self.iocb(IOCB_CMD_FDSYNC),
-            IoOp::Flush | IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => {
-                return self.helper.push(token, op);
-            }
+        let iocb = if let IoOp::Transfer {
+            direction,
+            offset,
+            ref data,
+        } = op
+        {
+            self.transfer_iocb(direction, offset, data.iovecs())
+        } else if matches!(op, IoOp::Flush) && self.fdsync_in_kernel {
+            self.iocb(IOCB_CMD_FDSYNC)
+        } else {
+            // Discard and write-zeroes, and a flush where the file system has no asynchronous
+            // fdatasync: the helper thread.
+            return self.helper.push(token, op);
         };
         // The iocb points at the buffers (or their iovec list's heap allocation), which stay
         // where they are while `pending` holds the operation, until its completion.

@@ -58,12 +58,9 @@ impl Engine for ScriptedEngine {
         if let Some(hook) = &mut script.on_push {
             hook();
         }
+        let write = op.direction().is_some_and(Direction::is_write);
         let result = match &op {
-            IoOp::Transfer {
-                direction,
-                offset,
-                data,
-            } => {
+            IoOp::Transfer { offset, data, .. } => {
                 let iovs = data.iovecs();
                 let asked = data.len();
                 script
@@ -74,7 +71,7 @@ impl Engine for ScriptedEngine {
                 let range = &mut script.disk[start..start + n];
                 // SAFETY: the operation owns its buffers until its completion.
                 unsafe {
-                    if direction.is_write() {
+                    if write {
                         iov::copy_from(iovs, range);
                     } else {
                         iov::copy_to(iovs, 0, range);

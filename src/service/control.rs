@@ -211,18 +211,14 @@ impl Client {
     /// Connects to the control socket at `path` and checks that it speaks our protocol.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
         let name = path.display().to_string();
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        let connected = UnixStream::connect(path).and_then(|stream| {
+            stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+            Ok((stream.try_clone()?, stream))
+        });
+        let (writer, stream) = connected.map_err(|source| ClientError::Connect {
             path: name.clone(),
             source,
         })?;
-        let talk = |source| ClientError::Talk {
-            path: name.clone(),
-            source,
-        };
-        stream
-            .set_read_timeout(Some(CLIENT_TIMEOUT))
-            .map_err(talk)?;
-        let writer = stream.try_clone().map_err(talk)?;
         let mut client = Client {
             path: name,
             reader: BufReader::new(stream),

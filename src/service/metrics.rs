@@ -17,7 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use strum::IntoEnumIterator;
 
-use super::status::{Served, Stats};
+use super::status::{Figures, Served, Stats};
 use crate::queue::Counter;
 
 /// Latency histogram bucket bounds, in seconds (Prometheus's `le`).
@@ -33,16 +33,9 @@ impl Collector for Snapshot {
         let queues = &self.0.queues;
         let label = |q: usize| [("queue", q.to_string())];
         for counter in Counter::iter() {
-            let mut family = encoder.encode_descriptor(
-                counter.name(),
-                counter.help(),
-                None,
-                MetricType::Counter,
-            )?;
-            for (q, figures) in queues.iter().enumerate() {
-                let n = figures.counters.get(&counter).copied().unwrap_or(0);
-                ConstCounter::new(n).encode(family.encode_family(&label(q))?)?;
-            }
+            per_queue(&mut encoder, counter.name(), counter.help(), queues, |f| {
+                f.count(counter)
+            })?;
         }
         let mut family = encoder.encode_descriptor(
             "rejected",
@@ -58,16 +51,8 @@ impl Collector for Snapshot {
             }
         }
         for name in self.0.total.engine.keys() {
-            let mut family = encoder.encode_descriptor(
-                name,
-                "The disk's I/O engines' own count",
-                None,
-                MetricType::Counter,
-            )?;
-            for (q, figures) in queues.iter().enumerate() {
-                let n = figures.engine.get(name).copied().unwrap_or(0);
-                ConstCounter::new(n).encode(family.encode_family(&label(q))?)?;
-            }
+            let help = "The disk's I/O engines' own count";
+            per_queue(&mut encoder, name, help, queues, |f| f.engine_count(name))?;
         }
         let mut family = encoder.encode_descriptor(
             "in_flight",
@@ -109,6 +94,22 @@ impl Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// A counter family with one sample per queue, `value` of its figures.
+fn per_queue(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    queues: &[Figures],
+    value: impl Fn(&Figures) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (q, figures) in queues.iter().enumerate() {
+        let labels = [("queue", q.to_string())];
+        ConstCounter::new(value(figures)).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// Seconds as whole nanoseconds (the bounds above are exact enough).
