@@ -28,5 +28,10 @@ pub mod queue;
 pub mod service;
 pub mod util;
 
-/// Guest memory as the vhost-user library maps it (no dirty-page bitmap).
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as the vhost-user library maps it, each region with the bitmap through which
+/// writes are marked in the frontend's dirty-page log while it migrates the VM (and that costs
+/// an atomic load per write otherwise).
+pub type GuestMemory = vm_memory::GuestMemoryMmap<vhost_user_backend::bitmap::BitmapMmapRegion>;
+
+/// A virtqueue as the vhost-user library hands it to the queue workers.
+pub type Vring = vhost_user_backend::VringRwLock<vm_memory::GuestMemoryAtomic<GuestMemory>>;

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use strum::VariantNames;
 
 use vblkd::commands::{self, ServeConfig};
-use vblkd::disk::{AioMode, CacheMode, DiskOptions, DiskSpec, SERIAL_LEN};
+use vblkd::disk::{AioMode, CacheMode, DiskOptions, DiskSpec, Locking, SERIAL_LEN};
 use vblkd::service::daemon::group_id;
 use vblkd::service::status::Command as ControlCommand;
 use vblkd::util::size;
@@ -146,6 +146,17 @@ struct ServeArgs {
     /// pin.
     #[arg(long, value_name = "MAX", value_parser = size::parse)]
     fixed_buffers: Option<u64>,
+    /// Files and block devices: lock the image as QEMU does (OFD byte-range locks), so that
+    /// no two processes write it; off for a cluster file system that shares it on purpose
+    /// [default: auto: lock where the file system can].
+    #[arg(long, value_parser = PossibleValuesParser::new(Locking::VARIANTS)
+        .map(|s| s.parse::<Locking>().expect("a listed value")))]
+    locking: Option<Locking>,
+    /// The destination of a live migration (as QEMU's -incoming): start without the image's
+    /// locks, and take them when the frontend starts the device — after the source gave them
+    /// up at the switch-over.
+    #[arg(long)]
+    incoming: bool,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -217,6 +228,8 @@ impl From<ServeArgs> for ServeConfig {
                 fixed_buffers: args.fixed_buffers,
                 aoe_deadline: args.aoe_deadline,
                 connect_timeout: args.connect_timeout,
+                locking: args.locking,
+                incoming: args.incoming,
             },
             num_queues: args.num_queues,
             queue_size: args.queue_size,

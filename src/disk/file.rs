@@ -19,8 +19,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use super::lock::{ImageLock, Locking};
 use super::{Capacity, Disk, DiskError, DiskInfo, PerQueue};
 use crate::engine::{
     probe_io_uring, AioEngine, AlignedBuffer, Engine, FixedBufferCounters, ThreadPool, UringEngine,
@@ -81,6 +82,11 @@ pub struct FileDiskOptions {
     /// `aio=io_uring` with O_DIRECT: register guest memory of up to this many bytes with each
     /// ring (`--fixed-buffers`, see [`crate::engine::UringEngine`]).
     pub fixed_buffers: Option<u64>,
+    /// Image locking, as QEMU's `locking=`.
+    pub locking: Locking,
+    /// An incoming migration's destination: take the image's locks only when the frontend
+    /// starts the device.
+    pub incoming: bool,
 }
 
 /// An open file or block device.
@@ -96,7 +102,13 @@ pub struct FileDisk {
     fixed_buffers: Option<u64>,
     /// With fixed buffers: what each queue's rings did with guest memory.
     fixed_buffer_counters: PerQueue<FixedBufferCounters>,
+    /// The image's locks (see [`super::lock`]).
+    lock: Mutex<ImageLock>,
 }
+
+/// How long to wait at start for the locks of a process that is gone but whose files the
+/// kernel has not closed yet (see [`ImageLock::acquire_patiently`]).
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Buffer address and length alignment that O_DIRECT accepts on every Linux block device.
 const DIRECT_IO_BUFFER_ALIGN: usize = 512;
@@ -153,7 +165,12 @@ impl FileDisk {
             }
         }
 
-        let file = open_file(path, opts, meta.is_none())?;
+        let file = Arc::new(open_file(path, opts, meta.is_none())?);
+        // Locked before anything changes the file: --size must not grow another's image.
+        let mut lock = ImageLock::new(file.clone(), path, opts.read_only, opts.locking);
+        if !opts.incoming {
+            lock.acquire_patiently(LOCK_PATIENCE)?;
+        }
         if let Some(size) = opts.size {
             if file_len(&file, path)? < size {
                 file.set_len(size).map_err(|source| DiskError::Resize {
@@ -209,7 +226,7 @@ impl FileDisk {
             },
         };
         Ok(FileDisk {
-            file: Arc::new(file),
+            file,
             path: path.clone(),
             block_device: is_block_device,
             info,
@@ -219,6 +236,7 @@ impl FileDisk {
             // pins nothing, so it would only pay the registration's cost.
             fixed_buffers: opts.fixed_buffers.filter(|_| opts.cache.direct_io()),
             fixed_buffer_counters: PerQueue::default(),
+            lock: Mutex::new(lock),
         })
     }
 
@@ -274,6 +292,32 @@ impl Disk for FileDisk {
             }
         };
         Ok(engine)
+    }
+
+    fn activate(&self) -> Result<(), DiskError> {
+        let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let was = lock.is_active();
+        lock.acquire()?;
+        if !was {
+            log::info!("{}: image locks taken", self.path.display());
+        }
+        Ok(())
+    }
+
+    fn inactivate(&self) {
+        let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if lock.is_active() {
+            lock.release();
+            log::info!(
+                "{}: image locks given up (the frontend migrated the VM away)",
+                self.path.display()
+            );
+        }
+    }
+
+    fn image_lock(&self) -> Option<&'static str> {
+        let lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        Some(lock.state())
     }
 
     fn engine_counters(&self, queue: u16) -> Vec<(&'static str, u64)> {

@@ -17,6 +17,7 @@ use crate::engine::Engine;
 mod aoe;
 mod capacity;
 pub mod file;
+pub mod lock;
 mod null;
 mod rbd;
 mod spec;
@@ -24,6 +25,7 @@ mod spec;
 pub use aoe::{AoeAddress, AoeDisk};
 pub use capacity::{Capacity, CapacityError, Resized};
 pub use file::{AioMode, CacheMode, FileDisk};
+pub use lock::Locking;
 pub use null::NullDisk;
 pub use rbd::RbdDisk;
 pub use spec::{open, DiskKind, DiskOption, DiskOptions, DiskSpec, OpenError};
@@ -109,6 +111,22 @@ pub trait Disk: Send + Sync {
         Vec::new()
     }
 
+    /// The frontend starts the device: make sure the image may be written by us alone (take
+    /// its locks, if it has any and they were given up). An error means another process
+    /// uses it: the device must not serve.
+    fn activate(&self) -> Result<(), DiskError> {
+        Ok(())
+    }
+
+    /// The frontend migrated the VM away (its rings stopped while it logged dirty pages):
+    /// give the image up for the destination.
+    fn inactivate(&self) {}
+
+    /// The state of the image's locks (`held`, `released`, `off`), for disks that have them.
+    fn image_lock(&self) -> Option<&'static str> {
+        None
+    }
+
     /// The backend's part of an online resize: grows the disk to `size` bytes, or with `None`
     /// finds out how large it is now (a block device, an image resized by its owner); returns
     /// its size in bytes. Called through [`resize`], which applies the capacity's rules.
@@ -181,6 +199,8 @@ pub enum DiskError {
     ResizeUnsupported,
     #[error(transparent)]
     Capacity(#[from] CapacityError),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     #[error("cannot start the I/O engine: {0}")]
     Engine(io::Error),
 }

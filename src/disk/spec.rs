@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::aoe::AoeAddress;
 use super::file::FileDiskOptions;
-use super::{AioMode, AoeDisk, CacheMode, Disk, DiskError, FileDisk, NullDisk, RbdDisk};
+use super::{AioMode, AoeDisk, CacheMode, Disk, DiskError, FileDisk, Locking, NullDisk, RbdDisk};
 use crate::util::size;
 
 /// A disk as `--disk` names it.
@@ -101,6 +101,7 @@ pub enum DiskOption {
     LogicalBlockSize,
     AoeDeadline,
     ConnectTimeout,
+    Locking,
 }
 
 impl DiskOption {
@@ -115,6 +116,7 @@ impl DiskOption {
             DiskOption::LogicalBlockSize => "--logical-block-size",
             DiskOption::AoeDeadline => "--aoe-deadline",
             DiskOption::ConnectTimeout => "--connect-timeout",
+            DiskOption::Locking => "--locking",
         }
     }
 }
@@ -141,6 +143,9 @@ impl DiskKind {
             }
             (K::File, _) => Ok(()),
             (K::Null, O::LogicalBlockSize) => Ok(()),
+            (K::Null, O::Locking) => Err("a null disk has no image to lock"),
+            (K::Aoe, O::Locking) => Err("the AoE target decides who may use its disk"),
+            (K::Rbd, O::Locking) => Err("librbd's exclusive lock guards an RBD image"),
             (K::Null, O::Size) => Err("a null disk's size is in its name (null:SIZE)"),
             (K::Null, _) => Err("a null disk does no I/O; leave it out"),
             (K::Aoe, O::AoeDeadline) => Ok(()),
@@ -176,6 +181,11 @@ pub struct DiskOptions {
     pub aoe_deadline: Option<Duration>,
     /// Give up reaching a Ceph cluster after this long; 10 s by default.
     pub connect_timeout: Option<Duration>,
+    /// Image locking for files and block devices; `auto` by default.
+    pub locking: Option<Locking>,
+    /// The destination of an incoming migration: the disk is not locked until the frontend
+    /// starts the device (any kind of disk takes this; only those with locks care).
+    pub incoming: bool,
 }
 
 impl DiskOptions {
@@ -191,6 +201,7 @@ impl DiskOptions {
             DiskOption::LogicalBlockSize => self.logical_block_size.is_some(),
             DiskOption::AoeDeadline => self.aoe_deadline.is_some(),
             DiskOption::ConnectTimeout => self.connect_timeout.is_some(),
+            DiskOption::Locking => self.locking.is_some(),
         })
     }
 }
@@ -241,6 +252,8 @@ pub fn open(spec: &DiskSpec, options: &DiskOptions) -> Result<Arc<dyn Disk>, Ope
                 serial: options.serial.clone(),
                 threads: usize::from(options.threads.unwrap_or(DEFAULT_THREADS)),
                 fixed_buffers: options.fixed_buffers,
+                locking: options.locking.unwrap_or(Locking::Auto),
+                incoming: options.incoming,
             })?;
             log::info!(
                 "serving {} ({} bytes, {block}-byte blocks{read_only}) with aio={} cache={cache}",

@@ -12,6 +12,16 @@
 //! above the engine seam, so every engine's requests survive a crash of the daemon (see
 //! [`crate::queue::inflight`]).
 //!
+//! It offers live migration too (`VHOST_F_LOG_ALL`, `LOG_SHMFD`): while the frontend logs
+//! dirty pages, every guest page vblkd writes is marked in its log before the used-ring entry
+//! that shows it — what goes through guest memory by the library's bitmap, what the kernel or
+//! another thread wrote by the queue worker ([`crate::queue`]). The switch-over is the
+//! frontend stopping every ring while it logs: each `GET_VRING_BASE` completes (and logs) what
+//! is in flight before it is answered, and when the last ring stops the disk gives up its
+//! image locks for the destination, which takes them when its own frontend starts the device
+//! ([`Disk::activate`]). A migration that is cancelled restarts the rings here, which takes the
+//! locks back.
+//!
 //! [`queues_per_thread`]: VhostUserBackend::queues_per_thread
 
 use std::fs::File;
@@ -24,7 +34,9 @@ use vhost::vhost_user::message::{
     VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::Backend;
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringT};
+use virtio_queue::QueueT;
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -41,7 +53,7 @@ use crate::queue::inflight::InflightBuffer;
 use crate::queue::{QueueConfig, QueueWorker};
 use crate::util::ratelimit::limited;
 use crate::util::sigbus;
-use crate::GuestMemory;
+use crate::{GuestMemory, Vring};
 
 /// Largest configuration-space read we answer (the virtio-blk config is well below this).
 const MAX_CONFIG_READ: u32 = 256;
@@ -57,6 +69,14 @@ pub struct BlockDevice {
     inflight: Mutex<Option<Arc<InflightBuffer>>>,
     /// Where the frontend's channel goes, and the rest that outlives this connection.
     state: Arc<DeviceState>,
+    /// Whether the frontend logs dirty pages now (`VHOST_F_LOG_ALL` acked); the workers read
+    /// it too.
+    dirty_log: Arc<AtomicBool>,
+    /// Whether the disk may be served: false while another process holds the image (the
+    /// workers then fail requests instead of touching it).
+    fenced: Arc<AtomicBool>,
+    /// The queues whose rings are started, one bit each.
+    running: Mutex<u64>,
 }
 
 impl BlockDevice {
@@ -72,11 +92,14 @@ impl BlockDevice {
         state: &Arc<DeviceState>,
     ) -> Result<Self, DiskError> {
         let write_cache = state.write_cache.clone();
+        let (dirty_log, fenced) = (Arc::default(), Arc::default());
         let config = Arc::new(QueueConfig::new(
             disk.info(),
             max_request_bytes(queue_size),
             write_cache.clone(),
             poll,
+            Arc::clone(&dirty_log),
+            Arc::clone(&fenced),
         ));
         let workers = (0..num_queues)
             .zip(&state.queues)
@@ -100,6 +123,9 @@ impl BlockDevice {
             workers,
             inflight: Mutex::new(None),
             state: state.clone(),
+            dirty_log,
+            fenced,
+            running: Mutex::new(0),
         })
     }
 
@@ -134,6 +160,37 @@ impl BlockDevice {
         worker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queue `queue`'s ring is about to start: the first to start makes the disk ours
+    /// (takes its locks, which an earlier switch-over or `--incoming` left untaken).
+    fn ring_starting(&self, queue: usize) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if *running == 0 {
+            match self.disk.activate() {
+                Ok(()) => self.fenced.store(false, Ordering::Relaxed),
+                Err(e) => {
+                    limited!(
+                        log::Level::Error,
+                        "not serving the disk: {e}; requests fail until it is free and the \
+                         frontend restarts the device"
+                    );
+                    self.fenced.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        *running |= 1 << queue;
+    }
+
+    /// Queue `queue`'s ring stopped: when the last one stops while the frontend logs dirty
+    /// pages, this is a migration's switch-over, and the disk is given up.
+    fn ring_stopped(&self, queue: usize) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let was = *running;
+        *running &= !(1 << queue);
+        if was != 0 && *running == 0 && self.dirty_log.load(Ordering::Relaxed) {
+            self.disk.inactivate();
+        }
+    }
+
     fn config(&self) -> ConfigSpace {
         config_space(
             self.disk.info(),
@@ -145,8 +202,8 @@ impl BlockDevice {
 }
 
 impl VhostUserBackend for BlockDevice {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = BitmapMmapRegion;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         usize::from(self.num_queues)
@@ -157,7 +214,19 @@ impl VhostUserBackend for BlockDevice {
     }
 
     fn features(&self) -> u64 {
-        device_features(self.disk.info()) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        device_features(self.disk.info())
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | VhostUserVirtioFeatures::LOG_ALL.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        let logging = features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0;
+        if self.dirty_log.swap(logging, Ordering::Relaxed) != logging {
+            log::info!(
+                "the frontend {} logging dirty pages (live migration)",
+                if logging { "started" } else { "stopped" }
+            );
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -167,6 +236,7 @@ impl VhostUserBackend for BlockDevice {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     fn set_backend_req_fd(&self, backend: Backend) {
@@ -231,8 +301,10 @@ impl VhostUserBackend for BlockDevice {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        if let Some(worker) = self.workers.get(queue_index as usize) {
+        let queue = queue_index as usize;
+        if let Some(worker) = self.workers.get(queue) {
             self.worker(worker).stop();
+            self.ring_stopped(queue);
         }
         Ok(())
     }
@@ -272,14 +344,16 @@ impl VhostUserBackend for BlockDevice {
         &self,
         device_event: u16,
         _evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
         let (Some(worker), Some(vring)) = (self.workers.get(thread_id), vrings.first()) else {
             return Ok(());
         };
         let mut worker = self.worker(worker);
-        if !worker.is_started() {
+        if !worker.is_started() && vring.get_ref().get_queue().ready() {
+            // Before the worker resubmits what a predecessor left in flight.
+            self.ring_starting(thread_id);
             let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             worker.start(vring, inflight.as_ref().and_then(|b| b.queue(thread_id)));
         }

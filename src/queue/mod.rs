@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::Level::{Debug, Error, Warn};
-use vhost_user_backend::{VringRwLock, VringState, VringT};
+use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
@@ -35,7 +35,7 @@ use crate::blk::request::{self, Limits, Rejected, RequestKind, Scratch};
 use crate::disk::{DiskInfo, SERIAL_LEN};
 use crate::engine::{reap_or_wait, Completion, Direction, Engine, IoOp, Wakeup};
 use crate::util::ratelimit::limited;
-use crate::GuestMemory;
+use crate::{GuestMemory, Vring};
 use diskio::iov;
 use inflight::InflightQueue;
 use poll::{Awaiting, PollWindows};
@@ -43,12 +43,13 @@ use slot::{Failure, Outcome, Slot, Transfer};
 pub use stats::{Counter, QueueStats};
 
 mod bounce;
+mod dirty_log;
 pub mod inflight;
 mod poll;
 mod slot;
 mod stats;
 
-type Vring = VringState<GuestMemoryAtomic<GuestMemory>>;
+type RingState = VringState<GuestMemoryAtomic<GuestMemory>>;
 
 /// The largest submission batch (see [`QueueWorker::serve_batches`]).
 const MAX_BATCH: usize = 256;
@@ -65,6 +66,12 @@ pub struct QueueConfig {
     /// Busy-poll the queue and the engine for up to this long after the last work before
     /// sleeping (the maximum of an adaptive window, see [`poll`]).
     pub poll: Option<Duration>,
+    /// Whether the frontend logs dirty pages (a live migration): then what the engines and
+    /// the worker write into guest memory behind the library's back is marked in its log
+    /// ([`dirty_log`]).
+    pub dirty_log: Arc<AtomicBool>,
+    /// Whether another process holds the image: requests fail rather than touch it.
+    pub fenced: Arc<AtomicBool>,
 }
 
 impl QueueConfig {
@@ -73,8 +80,12 @@ impl QueueConfig {
         max_data_bytes: u64,
         write_cache: Arc<AtomicBool>,
         poll: Option<Duration>,
+        dirty_log: Arc<AtomicBool>,
+        fenced: Arc<AtomicBool>,
     ) -> Self {
         QueueConfig {
+            dirty_log,
+            fenced,
             poll,
             limits: Limits::new(info, max_data_bytes),
             serial: info.serial.clone(),
@@ -131,7 +142,7 @@ pub struct QueueWorker {
     finished: Vec<(u16, u32)>,
     /// The vring this worker serves, remembered from its first event so that in-flight I/O
     /// can be completed into it when the queue is stopped from the control thread.
-    vring: Option<VringRwLock>,
+    vring: Option<Vring>,
     /// Whether the ring has been started (see [`QueueWorker::is_started`]).
     started: bool,
     /// The guest broke the ring; it is not served until the frontend restarts it.
@@ -191,7 +202,7 @@ impl QueueWorker {
     /// Starts serving the ring. With a tracking buffer, repairs it and resubmits, oldest
     /// first, what was in flight when the previous daemon stopped; the avail ring then resumes
     /// after those requests, whatever base the frontend set (it only knows the used index).
-    pub fn start(&mut self, vring: &VringRwLock, inflight: Option<InflightQueue>) {
+    pub fn start(&mut self, vring: &Vring, inflight: Option<InflightQueue>) {
         self.vring.get_or_insert_with(|| vring.clone());
         if !vring.get_ref().get_queue().ready() {
             // A late completion after the ring stopped: nothing to start yet.
@@ -215,7 +226,7 @@ impl QueueWorker {
 
     /// Takes the ring's region of the tracking buffer: repairs it, resubmits what it holds and
     /// puts the avail ring after those requests.
-    fn recover(&mut self, state: &mut Vring, mem: &Arc<GuestMemory>, inflight: InflightQueue) {
+    fn recover(&mut self, state: &mut RingState, mem: &Arc<GuestMemory>, inflight: InflightQueue) {
         let queue = state.get_queue_mut();
         if queue.size() > inflight.desc_num() {
             limited!(
@@ -298,7 +309,7 @@ impl QueueWorker {
     /// The guest kicked: take every available chain, submit the batch, complete what is
     /// already done, notify once. With polling configured, keep going until the queue has
     /// been idle for the polling time.
-    pub fn on_kick(&mut self, vring: &VringRwLock) {
+    pub fn on_kick(&mut self, vring: &Vring) {
         self.vring.get_or_insert_with(|| vring.clone());
         if let Some(windows) = &mut self.poll_windows {
             windows.woke();
@@ -308,7 +319,7 @@ impl QueueWorker {
 
     /// The engine's completion fd fired: complete what finished and notify once (and poll, if
     /// configured).
-    pub fn on_completion(&mut self, vring: &VringRwLock) {
+    pub fn on_completion(&mut self, vring: &Vring) {
         self.vring.get_or_insert_with(|| vring.clone());
         if let Some(windows) = &mut self.poll_windows {
             windows.woke();
@@ -333,7 +344,7 @@ impl QueueWorker {
 
     /// Takes available requests, submits, reaps and publishes; while polling, repeats until
     /// the queue has been idle for the polling window, and only then lets the guest kick again.
-    fn serve(&mut self, vring: &VringRwLock) {
+    fn serve(&mut self, vring: &Vring) {
         let Some(mut poll) = self.poll_windows.take() else {
             let mem = self.current_memory();
             let mut state = vring.get_mut();
@@ -359,7 +370,7 @@ impl QueueWorker {
     }
 
     /// The polling half of [`QueueWorker::serve`].
-    fn poll_loop(&mut self, vring: &VringRwLock, poll: &mut PollWindows) {
+    fn poll_loop(&mut self, vring: &Vring, poll: &mut PollWindows) {
         let mut idle_since = Instant::now();
         let mut awaiting = Awaiting::Kick;
         loop {
@@ -414,7 +425,7 @@ impl QueueWorker {
     /// Returns what the ring held: `Took` if anything was taken.
     fn serve_batches(
         &mut self,
-        state: &mut Vring,
+        state: &mut RingState,
         mem: &Arc<GuestMemory>,
         last: LastLook,
     ) -> Avail {
@@ -441,7 +452,12 @@ impl QueueWorker {
     }
 
     /// Parses up to `max` available chains and pushes their I/O.
-    fn take_available(&mut self, state: &mut Vring, mem: &Arc<GuestMemory>, max: usize) -> Avail {
+    fn take_available(
+        &mut self,
+        state: &mut RingState,
+        mem: &Arc<GuestMemory>,
+        max: usize,
+    ) -> Avail {
         // A ring that is stopping (GET_VRING_BASE marks it not ready before it drains us) is
         // not the guest's fault; one the guest broke stays broken until restarted.
         if self.broken || !state.get_queue().ready() {
@@ -506,7 +522,7 @@ impl QueueWorker {
 
     /// The last look of a round: collect what finished — arming the engine's completion fd
     /// first if the worker sleeps on it next — and publish it.
-    fn last_look(&mut self, state: &mut Vring, mem: &GuestMemory, last: LastLook) {
+    fn last_look(&mut self, state: &mut RingState, mem: &GuestMemory, last: LastLook) {
         match last {
             LastLook::BeforeSleep => self.arm_and_reap(),
             LastLook::Polling => self.reap(),
@@ -581,6 +597,10 @@ impl QueueWorker {
             }
         };
         self.stats.add(Counter::of(req.kind), 1);
+        if config.fenced.load(Ordering::Relaxed) {
+            write_status(mem, req.status, status::IOERR);
+            return Started::Done(1);
+        }
         let op = match req.kind {
             RequestKind::Read { .. } | RequestKind::Write { .. } if req.data_len == 0 => {
                 write_status(mem, req.status, status::OK);
@@ -593,6 +613,9 @@ impl QueueWorker {
                 let padded = req.data_len.min(SERIAL_LEN);
                 // SAFETY: as above.
                 unsafe { iov::zero(&slot.iov, n, padded) };
+                if config.dirty_log.load(Ordering::Relaxed) {
+                    dirty_log::mark(mem, &slot.iov);
+                }
                 write_status(mem, req.status, status::OK);
                 return Started::Done(used_len(padded));
             }
@@ -686,6 +709,7 @@ impl QueueWorker {
     /// short transfer.
     fn handle_completions(&mut self) {
         let mut resubmitted = false;
+        let logging = self.config.dirty_log.load(Ordering::Relaxed);
         let mut completions = std::mem::take(&mut self.completions);
         for c in completions.drain(..) {
             // Tokens are the heads we pushed; anything else is an engine bug, not a crash.
@@ -700,7 +724,7 @@ impl QueueWorker {
                 );
                 continue;
             };
-            match slot.complete(c.result, c.data) {
+            match slot.complete(c.result, c.data, logging) {
                 Outcome::Resubmit(rest) => {
                     self.push(head, rest);
                     resubmitted = true;
@@ -749,7 +773,7 @@ impl QueueWorker {
     }
 
     /// Puts finished requests in the used ring and signals the guest if it asked to be.
-    fn publish(&mut self, state: &mut Vring, mem: &GuestMemory) {
+    fn publish(&mut self, state: &mut RingState, mem: &GuestMemory) {
         if self.finished.is_empty() {
             return;
         }
@@ -777,7 +801,7 @@ impl QueueWorker {
         }
     }
 
-    fn signal_guest(&self, state: &Vring) {
+    fn signal_guest(&self, state: &RingState) {
         self.stats.add(Counter::Notifications, 1);
         if let Err(e) = state.signal_used_queue() {
             // A full (or closed) call eventfd: the frontend's problem, not a reason to stop;

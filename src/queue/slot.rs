@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use vm_memory::GuestAddress;
 
-use super::bounce;
+use super::{bounce, dirty_log};
 use crate::blk::layout::status;
 use crate::engine::{DataBuffers, Direction, IoOp};
 use crate::GuestMemory;
@@ -162,8 +162,25 @@ impl Slot {
         self.bounced = bounced;
     }
 
-    /// An operation of this request completed with `result`, handing back `data`.
-    pub fn complete(&mut self, result: io::Result<usize>, data: Option<DataBuffers>) -> Outcome {
+    /// An operation of this request completed with `result`, handing back `data`. With
+    /// `logging`, the guest pages a read filled are marked in the frontend's dirty log before
+    /// the status byte is written (and so before the used-ring entry).
+    pub fn complete(
+        &mut self,
+        result: io::Result<usize>,
+        data: Option<DataBuffers>,
+        logging: bool,
+    ) -> Outcome {
+        let read = self
+            .transfer
+            .is_some_and(|t| t.direction == Direction::Read);
+        if let (true, true, false, Some(data), Some(mem)) =
+            (logging, read, self.bounced, &data, &self.mem)
+        {
+            // What this transfer covered (the rest after a short one; a failed read may have
+            // written part of it too): the kernel wrote it, past the library's bitmap.
+            dirty_log::mark(mem, data.iovecs());
+        }
         let step = next_step(self.expected, self.done, result);
         let mut data = data;
         let (ok, failure) = match step {
@@ -182,18 +199,20 @@ impl Slot {
             Step::Done => (true, None),
             Step::Failed(failure) => (false, Some(failure)),
         };
-        let read = self
-            .transfer
-            .is_some_and(|t| t.direction == Direction::Read);
+        let mem = self.mem.take().expect("busy slot holds its memory");
         match data {
-            Some(data) if self.bounced && ok && read => bounce::copy_back(&self.iov, data),
+            Some(data) if self.bounced && ok && read => {
+                bounce::copy_back(&self.iov, data);
+                if logging {
+                    dirty_log::mark(&mem, &self.iov);
+                }
+            }
             // A bounce buffer is dropped; the guest's iovecs stayed in the slot.
             Some(_) if self.bounced => {}
             // The guest's iovec list, emptied: the next request's, without allocating.
             Some(data) => self.iov = data.recycle(),
             None => {}
         }
-        let mem = self.mem.take().expect("busy slot holds its memory");
         super::write_status(
             &mem,
             self.status,

@@ -185,7 +185,7 @@ fn make_available(mem: &GuestMemory, req: Req) {
 
 struct Harness {
     mem: GuestMemory,
-    vring: VringRwLock,
+    vring: Vring,
     worker: QueueWorker,
     script: Arc<Mutex<Script>>,
 }
@@ -200,7 +200,7 @@ impl Harness {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_END).unwrap())])
             .unwrap();
         let atomic = GuestMemoryAtomic::new(mem.clone());
-        let vring = VringRwLock::new(atomic.clone(), QUEUE_SIZE).unwrap();
+        let vring = Vring::new(atomic.clone(), QUEUE_SIZE).unwrap();
         vring.set_queue_size(QUEUE_SIZE);
         vring.set_queue_info(0, AVAIL, USED).unwrap();
         vring.set_queue_ready(true);
@@ -234,6 +234,8 @@ impl Harness {
             honours_flush: true,
             write_cache: Arc::new(AtomicBool::new(true)),
             poll: None,
+            dirty_log: Arc::default(),
+            fenced: Arc::default(),
         };
         let mut worker = QueueWorker::new(
             0,

@@ -173,6 +173,9 @@ pub struct Info {
     pub frontend: Frontend,
     /// What the backend found out about the disk (an AoE target's frame size).
     pub details: BTreeMap<String, u64>,
+    /// The image's locks (`held`; `released` before an incoming migration's device starts
+    /// and after an outgoing one's switch-over; `off`), for files and block devices.
+    pub image_lock: Option<String>,
 }
 
 /// The frontends served.
@@ -312,6 +315,7 @@ impl Served {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
+            image_lock: self.disk.image_lock().map(str::to_owned),
         }
     }
 

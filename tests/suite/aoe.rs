@@ -427,7 +427,7 @@ fn aoe_requests_in_flight_at_a_crash_are_resubmitted() {
         queue_size: 128,
         inflight: Some(inflight),
         memory,
-        base: 0,
+        ..Setup::default()
     };
     let mut guest = Guest::attach_with(&daemon.socket, setup(None, None));
     let block = |slot: u16| -> Vec<u8> {

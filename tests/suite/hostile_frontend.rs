@@ -639,6 +639,7 @@ fn requests_in_flight_at_a_crash_are_resubmitted(aio: &str) {
             inflight: Some(inflight),
             memory: Some(memory),
             base: used,
+            ..Setup::default()
         },
     );
     let lost = usize::from(IN_FLIGHT - used);

@@ -15,7 +15,7 @@ use vhost::vhost_user::message::{
     VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
@@ -40,6 +40,25 @@ const _: () = assert!(MAX_SLOTS as u64 * SLOT_DATA_LEN as u64 == MEM_SIZE - SLOT
 pub const UNTOUCHED: u8 = 0xEE;
 use crate::desc::{NEXT, WRITE as W};
 use crate::limits;
+
+/// Bytes of a dirty-page log: one bit per page of [`MEM_SIZE`], and room to spare.
+const LOG_BYTES: u64 = 4096;
+
+/// The guest pages (4 KiB, by number) marked in `log`; clears them.
+pub fn take_dirty_pages(log: &File) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; usize::try_from(LOG_BYTES).unwrap()];
+    log.read_exact_at(&mut bytes, 0).unwrap();
+    log.write_all_at(&vec![0u8; bytes.len()], 0).unwrap();
+    (0u64..)
+        .zip(bytes)
+        .flat_map(|(byte, bits)| {
+            (0..8)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| byte * 8 + b)
+        })
+        .collect()
+}
 
 /// The rings sit in fresh (zeroed) memory, each on its own page.
 const DESC_TABLE: u64 = 0x0;
@@ -83,6 +102,9 @@ pub struct Setup {
     pub memory: Option<File>,
     /// The avail index the ring starts at (SET_VRING_BASE).
     pub base: u16,
+    /// Negotiate LOG_SHMFD, so that dirty-page logging can be turned on
+    /// ([`Guest::start_dirty_log`]).
+    pub dirty_log: bool,
 }
 
 impl Default for Setup {
@@ -92,6 +114,7 @@ impl Default for Setup {
             inflight: None,
             memory: None,
             base: 0,
+            dirty_log: false,
         }
     }
 }
@@ -108,6 +131,8 @@ pub struct Guest {
     pub used_seen: u16,
     /// The in-flight buffer the daemon gave us, to hand to its successor.
     pub inflight: Option<(VhostUserInflight, File)>,
+    /// The virtio features acked (without LOG_ALL).
+    features: u64,
 }
 
 impl Guest {
@@ -142,6 +167,10 @@ impl Guest {
         if setup.inflight.is_some() {
             assert!(offered.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD));
             protocol |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        }
+        if setup.dirty_log {
+            assert!(offered.contains(VhostUserProtocolFeatures::LOG_SHMFD));
+            protocol |= VhostUserProtocolFeatures::LOG_SHMFD;
         }
         frontend.set_protocol_features(protocol).unwrap();
         // Have every message acknowledged, as QEMU does with REPLY_ACK, so that a call returns
@@ -178,9 +207,31 @@ impl Guest {
             queue_size: setup.queue_size,
             used_seen: 0,
             inflight,
+            features: wanted,
         };
         guest.start_ring(setup.base);
         guest
+    }
+
+    /// Turns dirty-page logging on, as QEMU does when a migration starts: a fresh log
+    /// (SET_LOG_BASE, one bit per 4 KiB page of guest memory), then `VHOST_F_LOG_ALL`.
+    /// Returns the log.
+    pub fn start_dirty_log(&mut self) -> File {
+        let log = memfd(LOG_BYTES);
+        let region = VhostUserDirtyLogRegion {
+            mmap_size: LOG_BYTES,
+            mmap_offset: 0,
+            mmap_handle: log.as_raw_fd(),
+        };
+        self.frontend.set_log_base(0, Some(region)).unwrap();
+        let logging = self.features | VhostUserVirtioFeatures::LOG_ALL.bits();
+        self.frontend.set_features(logging).unwrap();
+        log
+    }
+
+    /// Turns dirty-page logging off (the migration ended or was cancelled).
+    pub fn stop_dirty_log(&mut self) {
+        self.frontend.set_features(self.features).unwrap();
     }
 
     /// Starts (or restarts) queue 0 at avail index `base`.

@@ -4,10 +4,10 @@
 
 use std::ops::Index;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::{io, ptr};
-use vm_memory::bitmap::{Bitmap, BitmapSlice, WithBitmapSlice};
+use vm_memory::bitmap::{Bitmap, RefSlice, WithBitmapSlice};
 use vm_memory::mmap::NewBitmap;
 use vm_memory::{Address, GuestMemoryRegion};
 
@@ -23,6 +23,9 @@ pub trait BitmapReplace: Bitmap {
 
     /// Replace the internal `Bitmap`
     fn replace(&self, bitmap: Self::InnerBitmap);
+
+    /// Drop the internal `Bitmap`: writes are no longer logged (logging was switched off).
+    fn clear(&self);
 }
 
 /// A bitmap relative to a memory region
@@ -42,6 +45,8 @@ impl BitmapReplace for () {
     fn replace(&self, _bitmap: ()) {
         panic!("The unit bitmap () must not be used if VHOST_USER_PROTOCOL_F_LOG_SHMFD is set");
     }
+
+    fn clear(&self) {}
 }
 
 impl MemRegionBitmap for () {
@@ -58,40 +63,46 @@ impl MemRegionBitmap for () {
 ///
 /// To use this bitmap you need to define the memory as `GuestMemoryMmap<BitmapMmapRegion>`.
 ///
+/// Every write through the guest memory calls `mark_dirty`, logging or not, so while no log is
+/// installed that costs one atomic load: the lock is taken only while logging. Slices borrow
+/// the region's bitmap (`RefSlice`) instead of cloning a reference count per access.
+///
 /// Note:
 /// This implementation uses `std::sync::RwLock`, the priority policy of the lock is dependent on
 /// the underlying operating system's implementation and does not guarantee any particular policy,
 /// in systems other than linux a thread trying to acquire the lock may starve.
 #[derive(Default, Debug, Clone)]
 pub struct BitmapMmapRegion {
+    inner: Arc<LogState>,
+}
+
+#[derive(Default, Debug)]
+struct LogState {
+    /// Whether `bitmap` holds a log: read on every write before anything else.
+    logging: AtomicBool,
     // TODO: To avoid both reader and writer starvation we can replace the `std::sync::RwLock` with
     // `parking_lot::RwLock`.
-    inner: Arc<RwLock<Option<AtomicBitmapMmap>>>,
-    base_address: usize, // The slice's base address
+    bitmap: RwLock<Option<AtomicBitmapMmap>>,
 }
 
 impl Bitmap for BitmapMmapRegion {
     fn mark_dirty(&self, offset: usize, len: usize) {
-        let inner = self.inner.read().unwrap();
+        if !self.inner.logging.load(Ordering::Acquire) {
+            return;
+        }
+        let inner = self.inner.bitmap.read().unwrap();
         if let Some(bitmap) = inner.as_ref() {
-            if let Some(absolute_offset) = self.base_address.checked_add(offset) {
-                bitmap.mark_dirty(absolute_offset, len);
-            }
+            bitmap.mark_dirty(offset, len);
         }
     }
 
     fn dirty_at(&self, offset: usize) -> bool {
-        let inner = self.inner.read().unwrap();
-        inner
-            .as_ref()
-            .is_some_and(|bitmap| bitmap.dirty_at(self.base_address.saturating_add(offset)))
+        let inner = self.inner.bitmap.read().unwrap();
+        inner.as_ref().is_some_and(|bitmap| bitmap.dirty_at(offset))
     }
 
     fn slice_at(&self, offset: usize) -> <Self as WithBitmapSlice<'_>>::S {
-        Self {
-            inner: Arc::clone(&self.inner),
-            base_address: self.base_address.saturating_add(offset),
-        }
+        RefSlice::new(self, offset)
     }
 }
 
@@ -99,15 +110,20 @@ impl BitmapReplace for BitmapMmapRegion {
     type InnerBitmap = AtomicBitmapMmap;
 
     fn replace(&self, bitmap: AtomicBitmapMmap) {
-        let mut inner = self.inner.write().unwrap();
+        let mut inner = self.inner.bitmap.write().unwrap();
         inner.replace(bitmap);
+        self.inner.logging.store(true, Ordering::Release);
+    }
+
+    fn clear(&self) {
+        let mut inner = self.inner.bitmap.write().unwrap();
+        self.inner.logging.store(false, Ordering::Release);
+        inner.take();
     }
 }
 
-impl BitmapSlice for BitmapMmapRegion {}
-
-impl WithBitmapSlice<'_> for BitmapMmapRegion {
-    type S = Self;
+impl<'a> WithBitmapSlice<'a> for BitmapMmapRegion {
+    type S = RefSlice<'a, Self>;
 }
 
 impl NewBitmap for BitmapMmapRegion {

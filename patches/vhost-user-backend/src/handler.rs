@@ -105,6 +105,9 @@ pub struct VhostUserHandler<T: VhostUserBackend> {
     mappings: Vec<AddrMapping>,
     atomic_mem: GM<T::Bitmap>,
     vrings: Vec<T::Vring>,
+    /// The dirty-page log the frontend set (`SET_LOG_BASE`); installed in every region's
+    /// bitmap while `VHOST_F_LOG_ALL` is acked, including regions added meanwhile.
+    log: Option<Arc<MmapLogReg>>,
     #[cfg(feature = "postcopy")]
     uffd: Option<Uffd>,
     // memory mapped while postcopy is listening, published once the frontend acks it
@@ -169,6 +172,7 @@ where
             mappings: Vec::new(),
             atomic_mem,
             vrings,
+            log: None,
             #[cfg(feature = "postcopy")]
             uffd: None,
             #[cfg(feature = "postcopy")]
@@ -376,6 +380,9 @@ where
             vring.set_queue_event_idx(event_idx);
         }
         self.backend.set_event_idx(event_idx);
+        // Logging starts and stops with LOG_ALL (a migration that ends or is cancelled turns
+        // it off): pages written afterwards are no longer marked.
+        self.update_log(&self.atomic_mem.memory())?;
         self.backend.acked_features(self.acked_features);
 
         Ok(())
@@ -423,6 +430,8 @@ where
 
         let mem = GuestMemoryMmap::from_regions(regions)
             .map_err(|e| VhostUserError::ReqHandlerError(io::Error::other(e)))?;
+        // A table sent again while logging: its regions log too, before anyone writes them.
+        self.update_log(&mem)?;
 
         #[cfg(feature = "postcopy")]
         if postcopy_listening == Some(true) {
@@ -763,6 +772,7 @@ where
             .memory()
             .insert_region(guest_region)
             .map_err(|e| VhostUserError::ReqHandlerError(io::Error::other(e)))?;
+        self.update_log(&mem)?;
 
         self.atomic_mem.lock().unwrap().replace(mem);
 
@@ -920,23 +930,38 @@ where
     // the size and offset of shared memory area are provided in the `VhostUserLog` message.
     //
     // See https://qemu-project.gitlab.io/qemu/interop/vhost-user.html#migration.
-    // TODO: We ignore the `LOG_ALL` flag on `SET_FEATURES`, so we will continue marking pages as
-    // dirty even if the migration fails. We need to disable the logging after receiving  a
-    // `SET_FEATURE` without the `LOG_ALL` flag.
+    // The log is installed in the regions' bitmaps while `VHOST_F_LOG_ALL` is acked (in
+    // either order of the two messages), and dropped when a `SET_FEATURES` turns it off.
     fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostUserResult<()> {
-        let mem = self.atomic_mem.memory();
-
         let logmem = Arc::new(
             MmapLogReg::from_file(file.as_fd(), log.mmap_offset, log.mmap_size)
                 .map_err(VhostUserError::ReqHandlerError)?,
         );
+        self.log = Some(logmem);
+        self.update_log(&self.atomic_mem.memory())
+    }
+}
 
+impl<T: VhostUserBackend> VhostUserHandler<T>
+where
+    T::Bitmap: BitmapReplace,
+{
+    /// Makes every region of `mem` log writes if logging is on (a log is set and `LOG_ALL`
+    /// acked), or stop logging if it is not.
+    fn update_log(&self, mem: &GuestMemoryMmap<T::Bitmap>) -> VhostUserResult<()> {
+        let logging = self.acked_features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0;
+        let Some(logmem) = self.log.as_ref().filter(|_| logging) else {
+            for region in mem.iter() {
+                region.bitmap().clear();
+            }
+            return Ok(());
+        };
         // Let's create all bitmaps first before replacing them, in case any of them fails
         let mut bitmaps = Vec::new();
         for region in mem.iter() {
             let bitmap = <<T as VhostUserBackend>::Bitmap as BitmapReplace>::InnerBitmap::new(
                 region,
-                Arc::clone(&logmem),
+                Arc::clone(logmem),
             )
             .map_err(VhostUserError::ReqHandlerError)?;
 
