@@ -272,6 +272,8 @@ impl QueueWorker {
     /// The ring is stopping (GET_VRING_BASE): completes what is in flight, and forgets the
     /// ring's state so that the next start begins afresh.
     pub fn stop(&mut self) {
+        self.stats
+            .add(Counter::InFlightAtStop, self.in_flight as u64);
         self.drain();
         self.started = false;
         self.broken = false;

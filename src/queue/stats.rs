@@ -69,6 +69,10 @@ pub enum Counter {
     /// Times the guest broke the ring (it is served again after a reset).
     #[strum(message = "Times the guest broke the ring")]
     BrokenRings,
+    /// Requests in flight when the frontend stopped the ring (GET_VRING_BASE: a migration's
+    /// switch-over, a guest reset), each completed before the frontend was answered.
+    #[strum(message = "Requests in flight when the frontend stopped the ring")]
+    InFlightAtStop,
 }
 
 impl Counter {

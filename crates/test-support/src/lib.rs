@@ -13,6 +13,7 @@ pub mod ceph;
 pub mod desc;
 pub mod frontend;
 pub mod guest;
+pub mod migration;
 pub mod workload;
 
 /// How long the tests wait for things, in one place.
