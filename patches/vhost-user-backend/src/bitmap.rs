@@ -64,8 +64,9 @@ impl MemRegionBitmap for () {
 /// To use this bitmap you need to define the memory as `GuestMemoryMmap<BitmapMmapRegion>`.
 ///
 /// Every write through the guest memory calls `mark_dirty`, logging or not, so while no log is
-/// installed that costs one atomic load: the lock is taken only while logging. Slices borrow
-/// the region's bitmap (`RefSlice`) instead of cloning a reference count per access.
+/// installed that costs one atomic load, inlined into the caller: the lock is taken only while
+/// logging. Slices borrow the region's bitmap (`RefSlice`) instead of cloning a reference count
+/// per access.
 ///
 /// Note:
 /// This implementation uses `std::sync::RwLock`, the priority policy of the lock is dependent on
@@ -85,14 +86,23 @@ struct LogState {
     bitmap: RwLock<Option<AtomicBitmapMmap>>,
 }
 
-impl Bitmap for BitmapMmapRegion {
-    fn mark_dirty(&self, offset: usize, len: usize) {
-        if !self.inner.logging.load(Ordering::Acquire) {
-            return;
-        }
+impl BitmapMmapRegion {
+    // Out of line: the check before it is all that every write without a log pays.
+    #[cold]
+    #[inline(never)]
+    fn mark_dirty_in_log(&self, offset: usize, len: usize) {
         let inner = self.inner.bitmap.read().unwrap();
         if let Some(bitmap) = inner.as_ref() {
             bitmap.mark_dirty(offset, len);
+        }
+    }
+}
+
+impl Bitmap for BitmapMmapRegion {
+    #[inline]
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        if self.inner.logging.load(Ordering::Acquire) {
+            self.mark_dirty_in_log(offset, len);
         }
     }
 
