@@ -262,15 +262,27 @@ impl Console {
 
     /// Reads lines until the guest had `more` writes acknowledged; fails if its writes
     /// stall for [`limits::STALL`] (a request lost at a switch-over hangs its thread).
+    /// (The workload reports its count every few hundred milliseconds, moving or not.)
     pub fn progress(&mut self, more: u64, what: &str) {
         let target = self.writes + more;
+        let mut moved = Instant::now();
         while self.writes < target {
             let line = self.next(limits::STALL, what);
             if let Some(n) = line.strip_prefix("progress writes=") {
-                self.writes = n.trim().parse().unwrap_or(self.writes);
+                let writes = n.trim().parse().unwrap_or(self.writes);
+                if writes > self.writes {
+                    moved = Instant::now();
+                }
+                self.writes = writes;
             } else if line.starts_with("error") {
                 self.errors.push(line);
             }
+            assert!(
+                moved.elapsed() < limits::STALL,
+                "the guest's writes stalled at {} for {:?} while {what}",
+                self.writes,
+                limits::STALL
+            );
         }
     }
 
