@@ -241,6 +241,43 @@ fn a_writer_excludes_every_other_writer_and_readers_share() {
     assert!(last.stop().success());
 }
 
+/// A block device is locked like a file: QEMU's host_device driver takes the same bytes.
+#[test]
+#[ignore = "needs root (a loop device) and qemu-storage-daemon"]
+fn a_block_device_is_locked_too() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (file, _) = disk_with_pattern(dir.path());
+    let dev = support::blockdev::Loop::attach(&file, 512);
+    let dev_path = Path::new(dev.path());
+    let daemon = Daemon::start(dir.path(), &["--disk", dev.path()]);
+    let e = refused(dir.path(), dev_path, &[]);
+    assert!(e.contains("keeps \"write\" for itself"), "{e}");
+    let out = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=host_device,node-name=f,filename={},cache.direct=on",
+            dev.path()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
+            dir.path().join("qsd.sock").display()
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("qemu-storage-daemon runs");
+    assert!(
+        !out.status.success(),
+        "qemu-storage-daemon started beside vblkd"
+    );
+    let qsd_says = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        qsd_says.contains("Failed to get \"write\" lock"),
+        "{qsd_says}"
+    );
+    assert!(daemon.stop().success());
+}
+
 #[test]
 fn an_incoming_daemon_takes_the_image_only_when_its_frontend_starts() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
