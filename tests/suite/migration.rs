@@ -503,15 +503,17 @@ fn assert_switch_overs_had_requests_in_flight(migrations: &[(Migrated, Option<u6
     );
 }
 
-/// The image migrations run on: a loop device throttled to 200 operations per second (or
+/// The image migrations run on: a loop device throttled to 50 operations per second (or
 /// `VBLKD_MIGRATION_IOPS`, for scripts/migration-compare), so that the guest's 16 workers
-/// always have requests in flight in the daemon when QEMU stops the rings. Keep it alive while
-/// it is used.
+/// always have requests in flight in the daemon when QEMU stops the rings: each waits about
+/// 300 ms, longer than QEMU takes from pausing the vCPUs to stopping the rings even on a
+/// machine busy with other guests (at 200, CI saw switch-overs find the queue drained). Keep
+/// it alive while it is used.
 fn slow_image(dir: &Path) -> SlowDisk {
     let iops = std::env::var("VBLKD_MIGRATION_IOPS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(50);
     SlowDisk::new(dir, 64 << 20, iops)
 }
 
@@ -567,8 +569,10 @@ fn a_guest_on_an_rbd_image_migrates_back_and_forth() {
     let cluster = support::ceph::Cluster::start(dir.path());
     cluster.create_image("mig", 64 << 20);
     let pair = Pair::start(&cluster.disk("mig"), &[]);
-    let migrations = migrate_back_and_forth(&pair, migrations(4));
-    assert_switch_overs_had_requests_in_flight(&migrations);
+    // Ceph's latency decides whether requests are in flight at a switch-over (it cannot be
+    // throttled here): the throttled tests above make sure they are; this one that a VM on
+    // RBD migrates with nothing lost.
+    migrate_back_and_forth(&pair, migrations(4));
 }
 
 /// A migration cancelled while RAM is being copied: the guest carries on on the source,
