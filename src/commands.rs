@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::disk::{DiskOptions, DiskSpec};
+use crate::queue::controls::ErrorPolicy;
+use crate::queue::throttle::ThrottleConfig;
 use crate::service::control::{self, ClientError};
 use crate::service::daemon::{self, ServeOptions, Socket};
 use crate::service::{activation, status::Command};
@@ -32,6 +34,10 @@ pub struct ServeConfig {
     pub queue_size: u16,
     /// The busy-polling ceiling; `None` for none.
     pub poll: Option<Duration>,
+    /// The I/O limits to start with.
+    pub limits: ThrottleConfig,
+    /// What failed requests do.
+    pub error_policy: ErrorPolicy,
 }
 
 /// `vblkd serve`: serves the disk until SIGINT or SIGTERM.
@@ -80,6 +86,8 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             control: config.control,
             metrics: config.metrics,
             disk_name: config.disk.to_string(),
+            limits: config.limits,
+            error_policy: config.error_policy,
         },
     )?;
     Ok(())

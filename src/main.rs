@@ -12,6 +12,8 @@ use strum::VariantNames;
 
 use vblkd::commands::{self, ServeConfig};
 use vblkd::disk::{AioMode, CacheMode, DiskOptions, DiskSpec, Locking, SERIAL_LEN};
+use vblkd::queue::controls::{ErrorPolicy, OnError};
+use vblkd::queue::throttle::{ThrottleConfig, ThrottleError};
 use vblkd::service::daemon::group_id;
 use vblkd::service::status::Command as ControlCommand;
 use vblkd::util::size;
@@ -68,6 +70,15 @@ enum CtlCommand {
         #[arg(value_parser = size::parse)]
         size: Option<u64>,
     },
+    /// Replace the I/O limits while the guest runs, within a second: the same KEY=VALUE list
+    /// as `serve --throttle` (`iops-total=2000,bps-total=50M`); an empty string removes them.
+    SetLimits {
+        #[arg(value_name = "LIMITS", value_parser = parse_limits)]
+        limits: ThrottleConfig,
+    },
+    /// Resume a disk paused after a failed request (`--werror`/`--rerror`): the held requests
+    /// are done again, and the guest's I/O goes on. Fix the cause first (free space).
+    Resume,
 }
 
 #[derive(Args)]
@@ -157,6 +168,27 @@ struct ServeArgs {
     /// up at the switch-over.
     #[arg(long)]
     incoming: bool,
+    /// I/O limits for the whole disk, with QEMU's names: iops-total, iops-read, iops-write,
+    /// bps-total, bps-read, bps-write (bytes: suffixes K, M, G, T), each also with -max (a
+    /// burst rate) and -max-length (its seconds), and iops-size. E.g.
+    /// iops-total=2000,bps-total=50M. `vblkd ctl set-limits` changes them.
+    #[arg(long, value_name = "KEY=VALUE,...", value_parser = parse_limits, default_value = "")]
+    throttle: ThrottleConfig,
+    /// What a failed write (or write-zeroes, discard, flush) does, as QEMU's werror=: report
+    /// it to the guest; stop: hold it and pause the disk until `vblkd ctl resume`; enospc:
+    /// stop if the disk is full, report anything else.
+    #[arg(long, default_value = "enospc", value_parser = PossibleValuesParser::new(OnError::VARIANTS)
+        .map(|s| s.parse::<OnError>().expect("a listed value")))]
+    werror: OnError,
+    /// What a failed read does, as QEMU's rerror=: report it to the guest, or stop (hold it
+    /// and pause the disk until `vblkd ctl resume`).
+    #[arg(long, default_value = "report", value_parser = PossibleValuesParser::new(["report", "stop"])
+        .map(|s| s.parse::<OnError>().expect("a listed value")))]
+    rerror: OnError,
+}
+
+fn parse_limits(s: &str) -> Result<ThrottleConfig, String> {
+    s.parse().map_err(|e: ThrottleError| e.to_string())
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -234,6 +266,11 @@ impl From<ServeArgs> for ServeConfig {
             num_queues: args.num_queues,
             queue_size: args.queue_size,
             poll: (args.poll_us > 0).then(|| Duration::from_micros(u64::from(args.poll_us))),
+            limits: args.throttle,
+            error_policy: ErrorPolicy {
+                read: args.rerror,
+                write: args.werror,
+            },
         }
     }
 }
@@ -244,6 +281,8 @@ impl From<CtlCommand> for ControlCommand {
             CtlCommand::Info => ControlCommand::Info,
             CtlCommand::Stats => ControlCommand::Stats,
             CtlCommand::Resize { size } => ControlCommand::Resize { size },
+            CtlCommand::SetLimits { limits } => ControlCommand::SetLimits(limits),
+            CtlCommand::Resume => ControlCommand::Resume,
         }
     }
 }

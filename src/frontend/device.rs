@@ -26,6 +26,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -100,6 +101,7 @@ impl BlockDevice {
             poll,
             Arc::clone(&dirty_log),
             Arc::clone(&fenced),
+            Arc::clone(&state.controls),
         ));
         let workers = (0..num_queues)
             .zip(&state.queues)
@@ -135,14 +137,21 @@ impl BlockDevice {
         self.num_queues + 1
     }
 
-    /// Puts each worker's engine eventfd into its thread's epoll set.
+    /// The epoll event id of a queue's timer (the I/O limits' waits, wake-ups on resume).
+    fn timer_event(&self) -> u16 {
+        self.num_queues + 2
+    }
+
+    /// Puts each worker's engine eventfd and its queue's timer into its thread's epoll set.
     pub fn register_engines(
         &self,
         handlers: &[Arc<VringEpollHandler<Arc<BlockDevice>>>],
     ) -> io::Result<()> {
-        for (worker, handler) in self.workers.iter().zip(handlers) {
+        for ((queue, worker), handler) in (0..).zip(&self.workers).zip(handlers) {
             let fd = self.worker(worker).engine_fd();
             handler.register_listener(fd, EventSet::IN, u64::from(self.engine_event()))?;
+            let timer = self.state.controls.timer(queue).as_raw_fd();
+            handler.register_listener(timer, EventSet::IN, u64::from(self.timer_event()))?;
         }
         Ok(())
     }
@@ -359,6 +368,8 @@ impl VhostUserBackend for BlockDevice {
         }
         if device_event == self.engine_event() {
             worker.on_completion(vring);
+        } else if device_event == self.timer_event() {
+            worker.on_timer(vring);
         } else if device_event == 0 {
             worker.on_kick(vring);
         }

@@ -12,6 +12,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::queue::controls::Controls;
 use crate::queue::QueueStats;
 
 mod channel;
@@ -30,15 +31,19 @@ pub struct DeviceState {
     pub write_cache: Arc<AtomicBool>,
     /// The connected frontend's channel, to tell it of a resize.
     pub channel: BackendChannel,
+    /// The operator's I/O limits and error policy, and whether the disk is paused.
+    pub controls: Arc<Controls>,
 }
 
 impl DeviceState {
-    /// The state of a device with `num_queues` queues whose write cache starts `write_cache`.
-    pub fn new(num_queues: u16, write_cache: bool) -> Self {
+    /// The state of a device with `num_queues` queues whose write cache starts `write_cache`,
+    /// under `controls` (made for as many queues).
+    pub fn new(num_queues: u16, write_cache: bool, controls: Arc<Controls>) -> Self {
         DeviceState {
             queues: (0..num_queues).map(|_| Arc::default()).collect(),
             write_cache: Arc::new(AtomicBool::new(write_cache)),
             channel: BackendChannel::default(),
+            controls,
         }
     }
 }

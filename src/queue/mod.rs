@@ -21,6 +21,7 @@
 //! no longer served, said so once, and served again only after the frontend restarts it. Every
 //! log line a guest can provoke is rate-limited.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,23 +37,31 @@ use crate::disk::{DiskInfo, SERIAL_LEN};
 use crate::engine::{reap_or_wait, Completion, Direction, Engine, IoOp, Wakeup};
 use crate::util::ratelimit::limited;
 use crate::{GuestMemory, Vring};
+use controls::Controls;
 use diskio::iov;
 use inflight::InflightQueue;
 use poll::{Awaiting, PollWindows};
-use slot::{Failure, Outcome, Slot, Transfer};
+use slot::{Failure, Job, Outcome, Slot, Transfer};
 pub use stats::{Counter, QueueStats};
+use throttle::Cost;
 
 mod bounce;
+pub mod controls;
 mod dirty_log;
 pub mod inflight;
 mod poll;
 mod slot;
 mod stats;
+pub mod throttle;
 
 type RingState = VringState<GuestMemoryAtomic<GuestMemory>>;
 
 /// The largest submission batch (see [`QueueWorker::serve_batches`]).
 const MAX_BATCH: usize = 256;
+
+/// The shortest sleep of a queue over its I/O limits: a few requests' worth of room gathers
+/// in the buckets meanwhile, and the queue is woken once for them rather than once each.
+const MIN_THROTTLE_SLEEP: Duration = Duration::from_millis(1);
 
 /// Per-device settings every worker reads.
 pub struct QueueConfig {
@@ -72,6 +81,8 @@ pub struct QueueConfig {
     pub dirty_log: Arc<AtomicBool>,
     /// Whether another process holds the image: requests fail rather than touch it.
     pub fenced: Arc<AtomicBool>,
+    /// The operator's limits and error policy, and the pause a failure puts the disk in.
+    pub controls: Arc<Controls>,
 }
 
 impl QueueConfig {
@@ -82,10 +93,12 @@ impl QueueConfig {
         poll: Option<Duration>,
         dirty_log: Arc<AtomicBool>,
         fenced: Arc<AtomicBool>,
+        controls: Arc<Controls>,
     ) -> Self {
         QueueConfig {
             dirty_log,
             fenced,
+            controls,
             poll,
             limits: Limits::new(info, max_data_bytes),
             serial: info.serial.clone(),
@@ -105,6 +118,9 @@ enum Avail {
     Took,
     /// The ring cannot be served: it is stopping (not ready) or the guest broke it.
     Unusable,
+    /// Not taking requests now: the queue is over its I/O limits or the disk is paused. The
+    /// queue's timer wakes it when it may go on.
+    Held,
 }
 
 /// How the last look of a round collects completions.
@@ -158,6 +174,14 @@ pub struct QueueWorker {
     completed: u64,
     /// What this queue has done, for the control socket.
     stats: Arc<QueueStats>,
+    /// Requests over the I/O limits, in the order taken: started, but not yet handed to the
+    /// engine. While there are any, the queue takes nothing from its ring.
+    throttled: VecDeque<(u16, IoOp)>,
+    /// Since when the queue has been held back by the limits.
+    throttled_since: Option<Instant>,
+    /// Requests that failed and that the error policy holds until the disk resumes, with the
+    /// operation that does them again.
+    held: Vec<(u16, IoOp)>,
 }
 
 impl QueueWorker {
@@ -189,6 +213,9 @@ impl QueueWorker {
             poll_windows: config.poll.map(PollWindows::new),
             completed: 0,
             config,
+            throttled: VecDeque::new(),
+            throttled_since: None,
+            held: Vec::new(),
         }
     }
 
@@ -272,8 +299,10 @@ impl QueueWorker {
     /// The ring is stopping (GET_VRING_BASE): completes what is in flight, and forgets the
     /// ring's state so that the next start begins afresh.
     pub fn stop(&mut self) {
-        self.stats
-            .add(Counter::InFlightAtStop, self.in_flight as u64);
+        self.stats.add(
+            Counter::InFlightAtStop,
+            (self.in_flight - self.held.len()) as u64,
+        );
         self.drain();
         self.started = false;
         self.broken = false;
@@ -292,6 +321,14 @@ impl QueueWorker {
 
     pub fn engine_fd(&self) -> std::os::fd::RawFd {
         self.engine.completion_fd()
+    }
+
+    /// The queue's timer fired: the I/O limits may have room, or the disk was resumed, or
+    /// the limits changed.
+    pub fn on_timer(&mut self, vring: &Vring) {
+        self.vring.get_or_insert_with(|| vring.clone());
+        self.config.controls.timer(self.queue).consume();
+        self.serve(vring);
     }
 
     /// The guest memory map now; the engine is told when it changed.
@@ -347,14 +384,17 @@ impl QueueWorker {
     /// Takes available requests, submits, reaps and publishes; while polling, repeats until
     /// the queue has been idle for the polling window, and only then lets the guest kick again.
     fn serve(&mut self, vring: &Vring) {
+        self.release_held();
         let Some(mut poll) = self.poll_windows.take() else {
             let mem = self.current_memory();
             let mut state = vring.get_mut();
             loop {
                 let avail = self.serve_batches(&mut state, &mem, LastLook::BeforeSleep);
-                if avail == Avail::Unusable || self.engine.wakeup() == Wakeup::OnTimer {
-                    // Kicks stay off: on_completion looks at the ring, or there is nothing to
-                    // serve until the ring restarts.
+                if matches!(avail, Avail::Unusable | Avail::Held)
+                    || self.engine.wakeup() == Wakeup::OnTimer
+                {
+                    // Kicks stay off: on_completion looks at the ring, the queue's timer says
+                    // when to go on, or there is nothing to serve until the ring restarts.
                     return;
                 }
                 match state.enable_notification() {
@@ -383,8 +423,9 @@ impl QueueWorker {
             // Notifications stay off while we poll: the guest need not kick, we look.
             let completed = self.completed;
             let avail = self.serve_batches(&mut state, &mem, LastLook::Polling);
-            if avail == Avail::Unusable {
-                // Going to sleep without re-arming kicks: the engine reports completions.
+            if matches!(avail, Avail::Unusable | Avail::Held) {
+                // Going to sleep without re-arming kicks: the engine reports completions, and
+                // the timer when to go on.
                 self.last_look(&mut state, &mem, LastLook::BeforeSleep);
                 return;
             }
@@ -438,11 +479,7 @@ impl QueueWorker {
             self.submit();
             if avail != Avail::Took {
                 self.last_look(state, mem, last);
-                return if avail == Avail::Unusable {
-                    avail
-                } else {
-                    result
-                };
+                return if avail == Avail::Empty { result } else { avail };
             }
             // Cheap check: buffered reads and the like may have completed during submission.
             self.reap();
@@ -468,6 +505,9 @@ impl QueueWorker {
         if let Err(e) = state.disable_notification() {
             self.mark_broken(&format!("cannot disable notifications ({e})"));
             return Avail::Unusable;
+        }
+        if self.holding() {
+            return Avail::Held;
         }
         let queue = state.get_queue_mut();
         match queue.avail_idx(&**mem, Ordering::Acquire) {
@@ -500,8 +540,111 @@ impl QueueWorker {
                 Started::Done(len) => self.finished.push((head, len)),
                 Started::Submitted | Started::Ignored => {}
             }
+            if self.holding() {
+                // The rest stays in the ring until the queue may go on.
+                break;
+            }
         }
         Avail::Took
+    }
+
+    /// Whether the queue takes no requests now: it is over its limits, or the disk is paused.
+    fn holding(&self) -> bool {
+        !self.throttled.is_empty() || self.config.controls.paused()
+    }
+
+    /// Hands the engine what may go now: the requests the error policy held, once the disk is
+    /// resumed, and those over the limits that the limits now admit.
+    fn release_held(&mut self) {
+        if !self.held.is_empty() && !self.config.controls.paused() {
+            log::info!(
+                "queue {}: doing {} held requests again",
+                self.queue,
+                self.held.len()
+            );
+            for (head, op) in std::mem::take(&mut self.held) {
+                self.push_now(head, op);
+            }
+        }
+        while let Some((_, op)) = self.throttled.front() {
+            if !self.admitted(op) {
+                return;
+            }
+            if let Some((head, op)) = self.throttled.pop_front() {
+                self.push_now(head, op);
+            }
+        }
+        self.throttled_until_now();
+    }
+
+    /// Counts the time the queue was held back by the limits, if it was.
+    fn throttled_until_now(&mut self) {
+        if let Some(since) = self.throttled_since.take() {
+            let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.stats.add(Counter::ThrottledUs, us);
+        }
+    }
+
+    /// Whether the limits admit `op` now (charging them for it); if not, the queue's timer is
+    /// set for when they may.
+    fn admitted(&self, op: &IoOp) -> bool {
+        let cost = match op {
+            IoOp::Transfer {
+                direction, data, ..
+            } => Cost {
+                write: *direction != Direction::Read,
+                bytes: data.len() as u64,
+            },
+            IoOp::WriteZeroes { len, .. } => Cost {
+                write: true,
+                bytes: *len,
+            },
+            IoOp::Flush | IoOp::Discard { .. } => return true,
+        };
+        let Err(wait) = self.config.controls.throttle.admit(cost) else {
+            return true;
+        };
+        let timer = self.config.controls.timer(self.queue);
+        if let Err(e) = timer.fire_in(wait.max(MIN_THROTTLE_SLEEP)) {
+            limited!(Error, "queue {}: cannot set its timer: {e}", self.queue);
+        }
+        false
+    }
+
+    /// Lets go of what is held when the ring stops or the daemon shuts down: requests over
+    /// the limits go to the engine now; requests the error policy held stay in the in-flight
+    /// tracking buffer, for whoever serves the ring next to do again — or, without one, or
+    /// when the frontend migrates the guest (the destination does not get our tracking
+    /// buffer), are completed with an I/O error.
+    fn let_go_of_held(&mut self) {
+        while let Some((head, op)) = self.throttled.pop_front() {
+            self.push_now(head, op);
+        }
+        self.throttled_until_now();
+        self.submit();
+        let tracked = self.inflight.is_some() && !self.config.dirty_log.load(Ordering::Relaxed);
+        if !self.held.is_empty() {
+            limited!(
+                Warn,
+                "queue {}: the ring stops with {} held requests; {}",
+                self.queue,
+                self.held.len(),
+                if tracked {
+                    "they stay in the in-flight buffer, to be done when it starts again"
+                } else {
+                    "they fail (nothing would keep them)"
+                }
+            );
+        }
+        for (head, _) in std::mem::take(&mut self.held) {
+            if let Some(slot) = self.slots.get_mut(usize::from(head)) {
+                slot.give_up(!tracked);
+            }
+            self.in_flight -= 1;
+            if !tracked {
+                self.finished.push((head, 1));
+            }
+        }
     }
 
     /// Hands what was pushed since the last submit to the engine, if anything was.
@@ -517,7 +660,20 @@ impl QueueWorker {
         }
     }
 
+    /// Pushes a new request's operation, or holds it if it is over the limits (or others are
+    /// held before it).
     fn push(&mut self, head: u16, op: IoOp) {
+        if self.throttled.is_empty() && self.admitted(&op) {
+            return self.push_now(head, op);
+        }
+        if self.throttled.is_empty() {
+            self.throttled_since = Some(Instant::now());
+        }
+        self.stats.add(Counter::Throttled, 1);
+        self.throttled.push_back((head, op));
+    }
+
+    fn push_now(&mut self, head: u16, op: IoOp) {
         self.unsubmitted += 1;
         self.engine.push(u64::from(head), op);
     }
@@ -535,18 +691,23 @@ impl QueueWorker {
     /// Waits for every in-flight request and completes it into the vring. Called when the
     /// queue stops (GET_VRING_BASE) or the daemon shuts down.
     pub fn drain(&mut self) {
-        while self.in_flight > 0 {
-            if let Err(e) = reap_or_wait(&mut *self.engine, &mut self.completions, 1000) {
-                limited!(Error, "queue {}: waiting for I/O failed: {e}", self.queue);
-                return;
-            }
-            self.handle_completions();
+        loop {
+            // Requests that fail while draining may be held too.
+            self.let_go_of_held();
             if let Some(vring) = self.vring.clone() {
                 let mem = self.current_memory();
                 self.publish(&mut vring.get_mut(), &mem);
             } else {
                 self.finished.clear();
             }
+            if self.in_flight == 0 {
+                return;
+            }
+            if let Err(e) = reap_or_wait(&mut *self.engine, &mut self.completions, 1000) {
+                limited!(Error, "queue {}: waiting for I/O failed: {e}", self.queue);
+                return;
+            }
+            self.handle_completions();
         }
     }
 
@@ -625,17 +786,16 @@ impl QueueWorker {
                 write_status(mem, req.status, status::OK);
                 return Started::Done(1);
             }
-            RequestKind::Flush => {
-                slot.start(req.status, None, 0, 1, mem);
-                IoOp::Flush
-            }
-            RequestKind::Discard { offset, len } => {
-                slot.start(req.status, None, 0, 1, mem);
-                IoOp::Discard { offset, len }
-            }
-            RequestKind::WriteZeroes { offset, len, unmap } => {
-                slot.start(req.status, None, 0, 1, mem);
-                IoOp::WriteZeroes { offset, len, unmap }
+            RequestKind::Flush | RequestKind::Discard { .. } | RequestKind::WriteZeroes { .. } => {
+                let job = match req.kind {
+                    RequestKind::Discard { offset, len } => Job::Discard { offset, len },
+                    RequestKind::WriteZeroes { offset, len, unmap } => {
+                        Job::WriteZeroes { offset, len, unmap }
+                    }
+                    _ => Job::Flush,
+                };
+                slot.start(req.status, job, 0, 1, mem);
+                job.op(0, None).expect("only a transfer needs buffers")
             }
             RequestKind::Read { offset } | RequestKind::Write { offset } => {
                 let direction = match req.kind {
@@ -673,7 +833,7 @@ impl QueueWorker {
                     1
                 };
                 let transfer = Transfer { direction, offset };
-                slot.start(req.status, Some(transfer), req.data_len, used, mem);
+                slot.start(req.status, Job::Transfer(transfer), req.data_len, used, mem);
                 slot.set_bounced(bounced);
                 transfer.op(0, data)
             }
@@ -712,6 +872,7 @@ impl QueueWorker {
     fn handle_completions(&mut self) {
         let mut resubmitted = false;
         let logging = self.config.dirty_log.load(Ordering::Relaxed);
+        let controls = Arc::clone(&self.config.controls);
         let mut completions = std::mem::take(&mut self.completions);
         for c in completions.drain(..) {
             // Tokens are the heads we pushed; anything else is an engine bug, not a crash.
@@ -726,10 +887,15 @@ impl QueueWorker {
                 );
                 continue;
             };
-            match slot.complete(c.result, c.data, logging) {
+            match slot.complete(c.result, c.data, logging, &controls.policy) {
                 Outcome::Resubmit(rest) => {
-                    self.push(head, rest);
+                    self.push_now(head, rest);
                     resubmitted = true;
+                }
+                Outcome::Held { op, job, error } => {
+                    self.stats.add(Counter::HeldOnError, 1);
+                    controls.pause(self.queue, job.name(), job.offset(), &error);
+                    self.held.push((head, op));
                 }
                 Outcome::Finished {
                     used_len,

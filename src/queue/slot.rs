@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use vm_memory::GuestAddress;
 
+use super::controls::ErrorPolicy;
 use super::{bounce, dirty_log};
 use crate::blk::layout::status;
 use crate::engine::{DataBuffers, Direction, IoOp};
@@ -37,6 +38,62 @@ impl Transfer {
     }
 }
 
+/// What a request does on the disk: enough to do it (again, if it is held after a failure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Job {
+    Transfer(Transfer),
+    Flush,
+    Discard { offset: u64, len: u64 },
+    WriteZeroes { offset: u64, len: u64, unmap: bool },
+}
+
+impl Job {
+    /// The operation that does the job from its `done`th byte on, a transfer's with the
+    /// buffers `data` (none without them).
+    pub fn op(self, done: usize, data: Option<DataBuffers>) -> Option<IoOp> {
+        Some(match self {
+            Job::Transfer(transfer) => transfer.op(done, data?),
+            Job::Flush => IoOp::Flush,
+            Job::Discard { offset, len } => IoOp::Discard { offset, len },
+            Job::WriteZeroes { offset, len, unmap } => IoOp::WriteZeroes { offset, len, unmap },
+        })
+    }
+
+    fn transfer(self) -> Option<Transfer> {
+        match self {
+            Job::Transfer(transfer) => Some(transfer),
+            _ => None,
+        }
+    }
+
+    /// Whether it reads (`--rerror` applies) rather than writes (`--werror`).
+    pub fn reads(self) -> bool {
+        self.transfer()
+            .is_some_and(|t| t.direction == Direction::Read)
+    }
+
+    /// What it is called in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::Transfer(t) if t.direction == Direction::Read => "read",
+            Job::Transfer(_) => "write",
+            Job::Flush => "flush",
+            Job::Discard { .. } => "discard",
+            Job::WriteZeroes { .. } => "write-zeroes",
+        }
+    }
+
+    /// Where on the disk it starts, if it has a place.
+    pub fn offset(self) -> Option<u64> {
+        match self {
+            Job::Transfer(Transfer { offset, .. })
+            | Job::Discard { offset, .. }
+            | Job::WriteZeroes { offset, .. } => Some(offset),
+            Job::Flush => None,
+        }
+    }
+}
+
 /// A request between submission and completion.
 #[derive(Default)]
 pub(super) struct Slot {
@@ -52,8 +109,8 @@ pub(super) struct Slot {
     pub iov: Vec<libc::iovec>,
     /// Whether the operation's buffers are a bounce buffer rather than the guest's.
     bounced: bool,
-    /// The read or write being done, and the bytes of it that earlier short transfers moved.
-    transfer: Option<Transfer>,
+    /// What is being done, and the bytes of it that earlier short transfers moved.
+    job: Option<Job>,
     done: usize,
     /// The guest memory the status byte (and a bounced request's iovecs) point into.
     mem: Option<Arc<GuestMemory>>,
@@ -125,6 +182,13 @@ pub(super) fn next_step(expected: usize, done: usize, result: io::Result<usize>)
 pub(super) enum Outcome {
     /// Push this operation for the rest of a short transfer.
     Resubmit(IoOp),
+    /// The request failed, and the error policy holds it: nothing is written for the guest,
+    /// and `op` does (the rest of) it again when the disk resumes.
+    Held {
+        op: IoOp,
+        job: Job,
+        error: io::Error,
+    },
     /// The request is over: its status byte is written; put `used_len` in the used ring.
     Finished {
         used_len: u32,
@@ -136,19 +200,19 @@ pub(super) enum Outcome {
 }
 
 impl Slot {
-    /// The request whose status byte is at `status` (in `mem`) goes to the engine, expecting
-    /// `expected` bytes for a `transfer`, and answering `used_len` on success.
+    /// The request whose status byte is at `status` (in `mem`) goes to the engine to do `job`,
+    /// expecting `expected` bytes, and answering `used_len` on success.
     pub fn start(
         &mut self,
         status: GuestAddress,
-        transfer: Option<Transfer>,
+        job: Job,
         expected: usize,
         used_len: u32,
         mem: &Arc<GuestMemory>,
     ) {
         self.busy = true;
         self.status = status;
-        self.transfer = transfer;
+        self.job = Some(job);
         self.expected = expected;
         self.used_len = used_len;
         self.done = 0;
@@ -164,16 +228,16 @@ impl Slot {
 
     /// An operation of this request completed with `result`, handing back `data`. With
     /// `logging`, the guest pages a read filled are marked in the frontend's dirty log before
-    /// the status byte is written (and so before the used-ring entry).
+    /// the status byte is written (and so before the used-ring entry). A failure that
+    /// `policy` holds is held.
     pub fn complete(
         &mut self,
         result: io::Result<usize>,
         data: Option<DataBuffers>,
         logging: bool,
+        policy: &ErrorPolicy,
     ) -> Outcome {
-        let read = self
-            .transfer
-            .is_some_and(|t| t.direction == Direction::Read);
+        let read = self.job.is_some_and(Job::reads);
         if let (true, true, false, Some(data), Some(mem)) =
             (logging, read, self.bounced, &data, &self.mem)
         {
@@ -184,7 +248,7 @@ impl Slot {
         let step = next_step(self.expected, self.done, result);
         let mut data = data;
         let (ok, failure) = match step {
-            Step::Rest { done } => match (self.transfer, data.take()) {
+            Step::Rest { done } => match (self.job.and_then(Job::transfer), data.take()) {
                 (Some(transfer), Some(mut rest)) => {
                     rest.advance(done - self.done);
                     self.done = done;
@@ -197,7 +261,10 @@ impl Slot {
                 }
             },
             Step::Done => (true, None),
-            Step::Failed(failure) => (false, Some(failure)),
+            Step::Failed(failure) => match self.hold(failure, &mut data, policy) {
+                Ok(held) => return held,
+                Err(failure) => (false, Some(failure)),
+            },
         };
         let mem = self.mem.take().expect("busy slot holds its memory");
         match data {
@@ -224,11 +291,53 @@ impl Slot {
             failure: failure
                 .or_else(|| (!ok).then(|| Failure::Io(io::Error::from_raw_os_error(libc::EIO)))),
             moved: self
-                .transfer
+                .job
+                .and_then(Job::transfer)
                 .filter(|_| ok)
                 .map(|t| (t.direction, self.expected)),
             taken_at: self.taken_at.take(),
         }
+    }
+
+    /// The held request of a failure `policy` holds (taking the buffers from `data`), or the
+    /// failure back.
+    fn hold(
+        &mut self,
+        failure: Failure,
+        data: &mut Option<DataBuffers>,
+        policy: &ErrorPolicy,
+    ) -> Result<Outcome, Failure> {
+        let Some(job) = self.job else {
+            return Err(failure);
+        };
+        let errno = match &failure {
+            Failure::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            Failure::NoProgress { .. } => libc::EIO,
+        };
+        if !policy.holds(job.reads(), errno) {
+            return Err(failure);
+        }
+        // A transfer without its buffers is an engine bug: report it rather than hold.
+        let Some(op) = job.op(self.done, data.take()) else {
+            return Err(failure);
+        };
+        let error = match failure {
+            Failure::Io(e) => e,
+            Failure::NoProgress { .. } => io::Error::from_raw_os_error(libc::EIO),
+        };
+        Ok(Outcome::Held { op, job, error })
+    }
+
+    /// A held request that will not be done here: with `answer`, it is completed with an
+    /// I/O error (the caller puts it in the used ring, length 1); without, it is only
+    /// forgotten, left to the in-flight tracking buffer for whoever serves the ring next.
+    pub fn give_up(&mut self, answer: bool) {
+        if let (true, Some(mem)) = (answer, &self.mem) {
+            super::write_status(mem, self.status, status::IOERR);
+        }
+        self.mem = None;
+        self.taken_at = None;
+        self.busy = false;
     }
 }
 

@@ -73,6 +73,16 @@ pub enum Counter {
     /// switch-over, a guest reset), each completed before the frontend was answered.
     #[strum(message = "Requests in flight when the frontend stopped the ring")]
     InFlightAtStop,
+    /// Requests the queue held back because they were over the I/O limits (`--throttle`).
+    #[strum(message = "Requests held back by the I/O limits")]
+    Throttled,
+    /// The time the queue was held back by the I/O limits, taking nothing from its ring.
+    #[strum(message = "Microseconds the queue was held back by the I/O limits")]
+    ThrottledUs,
+    /// Requests that failed and were held by the error policy (`--werror`, `--rerror`)
+    /// rather than completed with an error.
+    #[strum(message = "Failed requests held by the error policy")]
+    HeldOnError,
 }
 
 impl Counter {

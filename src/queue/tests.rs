@@ -14,6 +14,8 @@ use vm_memory::GuestMemoryBackend as _;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
+use controls::ErrorPolicy;
+use throttle::ThrottleConfig;
 use vblkd_test_support::desc;
 
 const QUEUE_SIZE: u16 = 16;
@@ -195,8 +197,14 @@ impl Harness {
         Self::with(|_| {}, 1)
     }
 
-    /// A harness whose script `setup` adjusts, for a disk needing `buffer_alignment`.
     fn with(setup: impl FnOnce(&mut Script), buffer_alignment: usize) -> Self {
+        let controls = Controls::new(1, ThrottleConfig::default(), ErrorPolicy::default());
+        Self::under(controls.unwrap(), setup, buffer_alignment)
+    }
+
+    /// A harness under `controls` whose script `setup` adjusts, for a disk needing
+    /// `buffer_alignment`.
+    fn under(controls: Controls, setup: impl FnOnce(&mut Script), buffer_alignment: usize) -> Self {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_END).unwrap())])
             .unwrap();
         let atomic = GuestMemoryAtomic::new(mem.clone());
@@ -236,6 +244,7 @@ impl Harness {
             poll: None,
             dirty_log: Arc::default(),
             fenced: Arc::default(),
+            controls: Arc::new(controls),
         };
         let mut worker = QueueWorker::new(
             0,
@@ -374,6 +383,98 @@ fn an_engine_error_fails_only_that_request_with_ioerr() {
     h.script.lock().unwrap().fail = None;
     let (status, used_len) = h.request(Req::new(VIRTIO_BLK_T_IN, 0, 4096));
     assert_eq!((status, used_len), (status::OK, 4097));
+}
+
+/// Runs the worker until nothing it started is with the engine.
+fn finish_submitted(h: &mut Harness) {
+    while h.worker.in_flight > h.worker.held.len() + h.worker.throttled.len() {
+        h.worker.on_completion(&h.vring);
+    }
+}
+
+#[test]
+fn a_write_to_a_full_disk_is_held_until_resumed_and_the_queue_waits() {
+    let mut h = Harness::with(|s| s.fail = Some(libc::ENOSPC), 1);
+    let write = Req::new(VIRTIO_BLK_T_OUT, 0, 4096);
+    h.mem
+        .write_slice(&[7; 4096], GuestAddress(write.data()))
+        .unwrap();
+    h.kick(&[write]);
+    finish_submitted(&mut h);
+    let controls = Arc::clone(&h.worker.config.controls);
+    assert!(controls.paused());
+    assert_eq!(controls.cause().unwrap().errno, libc::ENOSPC);
+    assert!(h.used().is_empty(), "held, not completed");
+    assert_eq!(h.status(write), 0xff, "no status written");
+    // While paused, the queue takes nothing new.
+    let read = Req::new(VIRTIO_BLK_T_IN, 8, 512).in_slot(1);
+    h.kick(&[read]);
+    assert_eq!(h.asked().len(), 1);
+    // Space is freed; the operator resumes; the write is done again, then the read.
+    h.script.lock().unwrap().fail = None;
+    controls.resume();
+    h.worker.on_timer(&h.vring);
+    finish_submitted(&mut h);
+    assert_eq!(h.used().len(), 2);
+    assert_eq!((h.status(write), h.status(read)), (status::OK, status::OK));
+    assert_eq!(h.script.lock().unwrap().disk[..4096], [7; 4096]);
+    assert_eq!(h.worker.stats.get(Counter::HeldOnError), 1);
+    assert_eq!(h.worker.stats.get(Counter::IoErrors), 0);
+}
+
+#[test]
+fn with_werror_report_a_full_disk_fails_the_write() {
+    let report = ErrorPolicy {
+        read: controls::OnError::Report,
+        write: controls::OnError::Report,
+    };
+    let controls = Controls::new(1, ThrottleConfig::default(), report).unwrap();
+    let mut h = Harness::under(controls, |s| s.fail = Some(libc::ENOSPC), 1);
+    let (status, _) = h.request(Req::new(VIRTIO_BLK_T_OUT, 0, 4096));
+    assert_eq!(status, status::IOERR);
+    assert!(!h.worker.config.controls.paused());
+}
+
+#[test]
+fn a_held_request_fails_when_the_ring_stops_without_a_tracking_buffer() {
+    let mut h = Harness::with(|s| s.fail = Some(libc::ENOSPC), 1);
+    let write = Req::new(VIRTIO_BLK_T_OUT, 0, 512);
+    h.kick(&[write]);
+    finish_submitted(&mut h);
+    assert_eq!(h.worker.held.len(), 1);
+    h.worker.stop();
+    assert_eq!(h.worker.in_flight, 0);
+    assert_eq!(h.used(), [(u32::from(write.head()), 1)]);
+    assert_eq!(h.status(write), status::IOERR);
+}
+
+#[test]
+fn a_queue_over_its_limits_holds_requests_until_its_timer_fires() {
+    // One request a second: the first is admitted, the second held, the third stays in the
+    // ring.
+    let limits = "iops-total=1".parse().unwrap();
+    let controls = Controls::new(1, limits, ErrorPolicy::default()).unwrap();
+    let mut h = Harness::under(controls, |s| s.hold = true, 1);
+    let reqs = [0, 1, 2].map(|slot| Req::new(VIRTIO_BLK_T_IN, 0, 512).in_slot(slot));
+    h.kick(&reqs);
+    assert_eq!(h.asked().len(), 1);
+    assert_eq!(h.worker.throttled.len(), 1);
+    assert_eq!(h.worker.in_flight, 2);
+    assert_eq!(h.worker.stats.get(Counter::Throttled), 1);
+    // A kick meanwhile changes nothing.
+    h.worker.on_kick(&h.vring);
+    assert_eq!(h.asked().len(), 1);
+    // The limits are lifted: the timer wakes the queue, and it goes on.
+    h.worker
+        .config
+        .controls
+        .set_limits(ThrottleConfig::default());
+    h.worker.on_timer(&h.vring);
+    assert_eq!(h.asked().len(), 3);
+    h.script.lock().unwrap().hold = false;
+    finish_submitted(&mut h);
+    assert_eq!(h.used().len(), 3);
+    assert!(reqs.iter().all(|&r| h.status(r) == status::OK));
 }
 
 #[test]

@@ -166,6 +166,11 @@ fn execute(command: &Command, served: &Served) -> Reply<Value> {
             .resize(*size)
             .map(to_value)
             .map_err(|desc| Failure::new(FailureClass::ResizeFailed, desc)),
+        Command::SetLimits(limits) => Ok(to_value(served.set_limits(limits.clone()))),
+        Command::Resume => served
+            .resume()
+            .map(to_value)
+            .map_err(|desc| Failure::new(FailureClass::NotPaused, desc)),
     };
     match result {
         Ok(value) => Reply::Return(value),

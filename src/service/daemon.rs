@@ -26,6 +26,8 @@ use super::status::Served;
 use super::{control, metrics, notify};
 use crate::disk::{Disk, DiskError};
 use crate::frontend::BlockDevice;
+use crate::queue::controls::{Controls, ErrorPolicy};
+use crate::queue::throttle::ThrottleConfig;
 use crate::util::sigbus;
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,10 @@ pub struct ServeOptions {
     pub metrics: Option<String>,
     /// What `--disk` named, for the control socket's `info`.
     pub disk_name: String,
+    /// The I/O limits to start with.
+    pub limits: ThrottleConfig,
+    /// What failed requests do.
+    pub error_policy: ErrorPolicy,
 }
 
 /// The signals that stop the daemon.
@@ -184,12 +190,22 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         connection: Mutex::new(None),
     });
     spawn_signal_watcher(stop.clone())?;
-    // Counters and the way to the frontend live as long as the daemon, across connections.
+    // Counters, the operator's controls and the way to the frontend live as long as the
+    // daemon, across connections.
+    let controls = Controls::new(opts.num_queues, opts.limits.clone(), opts.error_policy)?;
+    controls.on_pause(Box::new(|cause| match cause {
+        Some(cause) => notify::notify(&format!("STATUS=paused: {cause}; see vblkd ctl info")),
+        None => notify::notify("STATUS=serving (resumed)"),
+    }));
+    if !opts.limits.is_empty() {
+        log::info!("I/O limits {}", opts.limits);
+    }
     let served = Arc::new(Served::new(
         disk.clone(),
         opts.disk_name.clone(),
         opts.num_queues,
         opts.queue_size,
+        Arc::new(controls),
     ));
     if let Some(path) = &opts.control {
         control::spawn(path, served.clone())?;

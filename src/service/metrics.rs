@@ -54,6 +54,23 @@ impl Collector for Snapshot {
             let help = "The disk's I/O engines' own count";
             per_queue(&mut encoder, name, help, queues, |f| f.engine_count(name))?;
         }
+        let paused = encoder.encode_descriptor(
+            "paused",
+            "1 while the disk is paused after a failed request (vblkd ctl info says why)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(self.0.paused.is_some())).encode(paused)?;
+        let mut family = encoder.encode_descriptor(
+            "limit",
+            "The I/O limits, by QEMU's name (operations or bytes per second, seconds, bytes)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, value) in self.0.limits.settings() {
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            ConstGauge::new(value).encode(family.encode_family(&[("key", key)])?)?;
+        }
         let mut family = encoder.encode_descriptor(
             "in_flight",
             "Requests between the avail ring and the used ring",

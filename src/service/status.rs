@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::blk::request::Rejection;
 use crate::disk::{Disk, Resized};
 use crate::frontend::DeviceState;
+use crate::queue::controls::{Controls, ErrorPolicy, PauseCause};
+use crate::queue::throttle::ThrottleConfig;
 use crate::queue::{Counter, QueueStats};
 use crate::util::histogram::Histogram;
 
@@ -37,15 +39,21 @@ pub struct Served {
 
 impl Served {
     /// What a daemon serving `disk` (named `disk_name`) with `num_queues` queues of
-    /// `queue_size` entries reports.
-    pub fn new(disk: Arc<dyn Disk>, disk_name: String, num_queues: u16, queue_size: u16) -> Self {
+    /// `queue_size` entries, under `controls`, reports.
+    pub fn new(
+        disk: Arc<dyn Disk>,
+        disk_name: String,
+        num_queues: u16,
+        queue_size: u16,
+        controls: Arc<Controls>,
+    ) -> Self {
         let write_cache = disk.info().write_cache;
         Served {
             disk,
             disk_name,
             num_queues,
             queue_size,
-            device: Arc::new(DeviceState::new(num_queues, write_cache)),
+            device: Arc::new(DeviceState::new(num_queues, write_cache, controls)),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
         }
@@ -114,6 +122,12 @@ pub enum Command {
         #[serde(default)]
         size: Option<u64>,
     },
+    /// Replace the I/O limits with these (QEMU's names: `{"iops-total": 2000}`; none for no
+    /// limits).
+    SetLimits(ThrottleConfig),
+    /// Do the requests held after a failure again, and take new ones: the disk is no longer
+    /// paused.
+    Resume,
 }
 
 /// A reply: `{"return": ...}` or `{"error": {"class": ..., "desc": ...}}`.
@@ -140,6 +154,8 @@ pub enum FailureClass {
     InvalidRequest,
     CommandNotFound,
     ResizeFailed,
+    /// `resume` on a disk that is not paused.
+    NotPaused,
     /// The line is longer than the protocol allows; the connection is closed.
     LineTooLong,
     /// Too many control connections; this one is closed.
@@ -176,6 +192,12 @@ pub struct Info {
     /// The image's locks (`held`; `released` before an incoming migration's device starts
     /// and after an outgoing one's switch-over; `off`), for files and block devices.
     pub image_lock: Option<String>,
+    /// The I/O limits (QEMU's names; empty: none).
+    pub limits: ThrottleConfig,
+    /// What failed requests do.
+    pub error_policy: ErrorPolicy,
+    /// Why and since when the disk is paused, if it is.
+    pub paused: Option<PauseCause>,
 }
 
 /// The frontends served.
@@ -184,6 +206,12 @@ pub struct Frontend {
     pub connected: bool,
     /// How many connected so far.
     pub connections: u64,
+}
+
+/// What `resume` answers: why the disk was paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeReply {
+    pub was_paused: PauseCause,
 }
 
 /// What `resize` answers.
@@ -288,6 +316,10 @@ pub struct Stats {
     /// Pages of guest memory that vanished while in use (the frontend shrank its memory
     /// file) and were replaced with zeroes, since the daemon started.
     pub guest_pages_lost: u64,
+    /// The I/O limits now (what `throttled` and `throttled_us` were held back by).
+    pub limits: ThrottleConfig,
+    /// Why and since when the disk is paused, if it is.
+    pub paused: Option<PauseCause>,
 }
 
 impl Served {
@@ -316,6 +348,9 @@ impl Served {
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
             image_lock: self.disk.image_lock().map(str::to_owned),
+            limits: self.device.controls.throttle.config(),
+            error_policy: self.device.controls.policy,
+            paused: self.device.controls.cause(),
         }
     }
 
@@ -332,7 +367,24 @@ impl Served {
             total,
             queues,
             guest_pages_lost: crate::util::sigbus::pages_replaced(),
+            limits: self.device.controls.throttle.config(),
+            paused: self.device.controls.cause(),
         }
+    }
+
+    /// Replaces the I/O limits.
+    pub fn set_limits(&self, limits: ThrottleConfig) -> ThrottleConfig {
+        self.device.controls.set_limits(limits);
+        self.device.controls.throttle.config()
+    }
+
+    /// Resumes the paused disk.
+    pub fn resume(&self) -> Result<ResumeReply, String> {
+        self.device
+            .controls
+            .resume()
+            .map(|was_paused| ResumeReply { was_paused })
+            .ok_or_else(|| "the disk is not paused".to_owned())
     }
 
     /// Resizes the disk (see [`crate::disk::resize`]) and tells the frontend.
@@ -373,6 +425,14 @@ mod tests {
         );
         assert!(parse(r#"{"execute":"resize","arguments":{"size":"big"}}"#).is_err());
         assert!(parse(r#"{"execute":"format"}"#).is_err());
+        let limits = parse(r#"{"execute":"set-limits","arguments":{"iops-total":5}}"#).unwrap();
+        assert_eq!(limits, Command::SetLimits("iops-total=5".parse().unwrap()));
+        assert_eq!(
+            parse(r#"{"execute":"set-limits","arguments":{}}"#),
+            Ok(Command::SetLimits(ThrottleConfig::default()))
+        );
+        assert!(parse(r#"{"execute":"set-limits","arguments":{"iops":5}}"#).is_err());
+        assert_eq!(parse(r#"{"execute":"resume"}"#), Ok(Command::Resume));
         let line = serde_json::to_string(&Command::Resize { size: Some(1) }).unwrap();
         assert_eq!(line, r#"{"execute":"resize","arguments":{"size":1}}"#);
     }

@@ -19,6 +19,7 @@ mod control;
 mod crash;
 mod hostile_frontend;
 mod hostile_guest;
+mod limits;
 mod migration;
 mod qemu_guest;
 mod rbd;
