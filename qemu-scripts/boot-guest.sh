@@ -6,6 +6,7 @@
 #   qemu-scripts/boot-guest.sh SOCKET [NUM_QUEUES]
 #
 # VBLKD_GUEST_TEST=resize waits for the disk to grow (the online-resize test).
+# VBLKD_GUEST_TEST=fill writes 16 MiB and reads it back (the full-disk and I/O-limit tests).
 # VBLKD_GUEST_TEST=crash runs the crash test's workload instead of the disk checks, and makes
 # QEMU reconnect to SOCKET when the daemon goes away (reconnect=1), as a production VM would.
 set -euo pipefail

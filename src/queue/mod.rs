@@ -558,7 +558,7 @@ impl QueueWorker {
     fn release_held(&mut self) {
         if !self.held.is_empty() && !self.config.controls.paused() {
             log::info!(
-                "queue {}: doing {} held requests again",
+                "queue {}: resubmitting {} held request(s)",
                 self.queue,
                 self.held.len()
             );
@@ -581,7 +581,7 @@ impl QueueWorker {
     fn throttled_until_now(&mut self) {
         if let Some(since) = self.throttled_since.take() {
             let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.stats.add(Counter::ThrottledUs, us);
+            self.stats.add(Counter::ThrottledMicroseconds, us);
         }
     }
 
@@ -893,8 +893,8 @@ impl QueueWorker {
                     resubmitted = true;
                 }
                 Outcome::Held { op, job, error } => {
-                    self.stats.add(Counter::HeldOnError, 1);
                     controls.pause(self.queue, job.name(), job.offset(), &error);
+                    self.stats.add(Counter::HeldOnError, 1);
                     self.held.push((head, op));
                 }
                 Outcome::Finished {

@@ -78,7 +78,7 @@ pub enum Counter {
     Throttled,
     /// The time the queue was held back by the I/O limits, taking nothing from its ring.
     #[strum(message = "Microseconds the queue was held back by the I/O limits")]
-    ThrottledUs,
+    ThrottledMicroseconds,
     /// Requests that failed and were held by the error policy (`--werror`, `--rerror`)
     /// rather than completed with an error.
     #[strum(message = "Failed requests held by the error policy")]

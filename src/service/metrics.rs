@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -33,6 +33,14 @@ impl Collector for Snapshot {
         let queues = &self.0.queues;
         let label = |q: usize| [("queue", q.to_string())];
         for counter in Counter::iter() {
+            if counter == Counter::ThrottledMicroseconds {
+                // Prometheus's unit of time is the second.
+                let help = "Seconds the queue was held back by the I/O limits";
+                per_queue(&mut encoder, "throttled_seconds", help, queues, |f| {
+                    f.count(counter) as f64 / 1e6
+                })?;
+                continue;
+            }
             per_queue(&mut encoder, counter.name(), counter.help(), queues, |f| {
                 f.count(counter)
             })?;
@@ -114,12 +122,12 @@ impl Collector for Snapshot {
 }
 
 /// A counter family with one sample per queue, `value` of its figures.
-fn per_queue(
+fn per_queue<N: EncodeCounterValue + std::fmt::Debug>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     queues: &[Figures],
-    value: impl Fn(&Figures) -> u64,
+    value: impl Fn(&Figures) -> N,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (q, figures) in queues.iter().enumerate() {

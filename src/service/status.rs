@@ -316,7 +316,7 @@ pub struct Stats {
     /// Pages of guest memory that vanished while in use (the frontend shrank its memory
     /// file) and were replaced with zeroes, since the daemon started.
     pub guest_pages_lost: u64,
-    /// The I/O limits now (what `throttled` and `throttled_us` were held back by).
+    /// The I/O limits now (what `throttled` and `throttled_microseconds` were held back by).
     pub limits: ThrottleConfig,
     /// Why and since when the disk is paused, if it is.
     pub paused: Option<PauseCause>,

@@ -374,6 +374,41 @@ fn aoe_requests_fail_after_the_deadline_and_resume_when_the_target_returns() {
     assert!(daemon.stop().success());
 }
 
+/// With `--rerror stop`, a read the target does not answer by the deadline is held and the
+/// disk paused, not failed; once the target is back, `ctl resume` reads it again and the
+/// client gets the data.
+#[test]
+#[ignore = "needs root and vblade"]
+fn aoe_with_rerror_stop_a_read_past_the_deadline_is_held_until_resumed() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut rig = Rig::new(dir.path(), 1500);
+    let daemon = rig.daemon(dir.path(), &["--aoe-deadline", "1", "--rerror", "stop"]);
+    let mut client = Client::connect(&daemon.socket, 1, false, 1 << 20).unwrap();
+    assert_eq!(client.read_sync(0, 0, 4096), 0);
+
+    rig.kill_vblade();
+    let buf = client.buffer_ptr(0);
+    client.queues[0].read(8192, buf, 4096, 3, ReqFlags::empty());
+    client.submit(0);
+    let info = daemon.wait_for_info("the disk pausing", |i| i.paused.is_some());
+    let cause = info.paused.unwrap();
+    eprintln!("paused: {cause}");
+    assert_eq!(
+        (cause.operation.as_str(), cause.offset),
+        ("read", Some(8192))
+    );
+    assert_eq!(daemon.stats().total.count(Counter::IoErrors), 0);
+
+    rig.start_vblade();
+    daemon.ctl(&vblkd::service::status::Command::Resume);
+    assert_eq!(client.wait(0, 1), [(3, 0)], "the held read completes");
+    let expected: Vec<u8> = (8192..12288).map(|i| pattern_byte(i, 7)).collect();
+    assert_eq!(&client.buffers()[..4096], &expected[..]);
+    assert!(daemon.info().paused.is_none());
+    drop(client);
+    assert!(daemon.stop().success());
+}
+
 #[test]
 #[ignore = "needs root and vblade"]
 fn aoe_recovers_when_the_target_restarts_during_io() {

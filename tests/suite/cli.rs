@@ -83,6 +83,21 @@ fn bad_options_are_explained() {
     assert!(e.contains("suffix"), "{e}");
     let e = serve_error(dir.path(), &["--disk", img_s, "--aio", "posix"]);
     assert!(e.contains("io_uring") && e.contains("threads"), "{e}");
+    let e = serve_error(
+        dir.path(),
+        &["--disk", img_s, "--throttle", "iops-total=5,iops-read=5"],
+    );
+    assert!(
+        e.contains("iops-total and iops-read cannot be used at the same time"),
+        "{e}"
+    );
+    let e = serve_error(dir.path(), &["--disk", img_s, "--throttle", "iops=5"]);
+    assert!(
+        e.contains("unknown limit 'iops'") && e.contains("iops-total"),
+        "{e}"
+    );
+    let e = serve_error(dir.path(), &["--disk", img_s, "--rerror", "enospc"]);
+    assert!(e.contains("report") && e.contains("stop"), "{e}");
 
     let (code, e) = run_vblkd(&[
         "serve",

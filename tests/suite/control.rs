@@ -196,7 +196,7 @@ fn bad_control_input_gets_error_objects_and_io_carries_on() {
 }
 
 /// `GET /metrics` over plain HTTP/1.0; returns the body.
-fn scrape(addr: &str) -> String {
+pub(crate) fn scrape(addr: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.0\r\nHost: vblkd\r\n\r\n")
@@ -212,7 +212,7 @@ fn scrape(addr: &str) -> String {
 }
 
 /// The value of the sample `name{labels}` in a scrape.
-fn sample(body: &str, series: &str) -> u64 {
+pub(crate) fn sample(body: &str, series: &str) -> u64 {
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
@@ -242,6 +242,8 @@ fn metrics_pass_promtool_and_match_ctl_stats() {
             control.to_str().unwrap(),
             "--metrics",
             &addr,
+            "--throttle",
+            "iops-total=100000,bps-total=1G",
         ],
     );
     let mut client = Client::connect(&daemon.socket, 2, false, 1 << 20).unwrap();
@@ -286,6 +288,10 @@ fn metrics_pass_promtool_and_match_ctl_stats() {
         );
     }
     assert_eq!(sample(&body, "vblkd_reads_total{queue=\"0\"}"), 5);
+    assert_eq!(sample(&body, "vblkd_limit{key=\"iops-total\"}"), 100_000);
+    assert_eq!(sample(&body, "vblkd_limit{key=\"bps-total\"}"), 1 << 30);
+    assert_eq!(sample(&body, "vblkd_paused"), 0);
+    assert_eq!(sample(&body, "vblkd_throttled_total{queue=\"1\"}"), 0);
     assert_eq!(
         sample(&body, "vblkd_request_latency_seconds_count{queue=\"1\"}"),
         5

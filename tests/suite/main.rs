@@ -17,6 +17,7 @@ mod block_device;
 mod cli;
 mod control;
 mod crash;
+mod full_disk;
 mod hostile_frontend;
 mod hostile_guest;
 mod limits;

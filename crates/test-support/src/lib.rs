@@ -98,7 +98,7 @@ pub struct Daemon {
     /// Copies stderr into `log`; finishes when the daemon's stderr closes.
     reader: Option<std::thread::JoinHandle<()>>,
     /// Where the daemon's sd_notify messages go (kept, so that STOPPING=1 finds it).
-    _supervisor: NotifySocket,
+    supervisor: NotifySocket,
 }
 
 impl Daemon {
@@ -183,8 +183,16 @@ impl Daemon {
             control_client: Mutex::new(None),
             log,
             reader: Some(reader),
-            _supervisor: ready,
+            supervisor: ready,
         }
+    }
+
+    /// Waits for the daemon to send `state` (one line, e.g. `STATUS=...`) to its supervisor
+    /// (sd_notify); false if it does not within [`limits::REPLY`].
+    pub fn wait_for_notify(&self, state: &str) -> bool {
+        self.supervisor
+            .wait_for(state, limits::REPLY, || false)
+            .unwrap()
     }
 
     /// What the daemon logged so far (the reader may be a line behind).
