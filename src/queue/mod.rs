@@ -43,7 +43,6 @@ use inflight::InflightQueue;
 use poll::{Awaiting, PollWindows};
 use slot::{Failure, Job, Outcome, Slot, Transfer};
 pub use stats::{Counter, QueueStats};
-use throttle::Cost;
 
 mod bounce;
 pub mod controls;
@@ -587,23 +586,18 @@ impl QueueWorker {
 
     /// Whether the limits admit `op` now (charging them for it); if not, the queue's timer is
     /// set for when they may.
+    #[inline]
     fn admitted(&self, op: &IoOp) -> bool {
-        let cost = match op {
-            IoOp::Transfer {
-                direction, data, ..
-            } => Cost {
-                write: *direction != Direction::Read,
-                bytes: data.len() as u64,
-            },
-            IoOp::WriteZeroes { len, .. } => Cost {
-                write: true,
-                bytes: *len,
-            },
-            IoOp::Flush | IoOp::Discard { .. } => return true,
-        };
-        let Err(wait) = self.config.controls.throttle.admit(cost) else {
-            return true;
-        };
+        match self.config.controls.throttle.admit(op) {
+            Ok(()) => true,
+            Err(wait) => self.sleep_until_admitted(wait),
+        }
+    }
+
+    /// Sets the queue's timer for `wait` from now (at least [`MIN_THROTTLE_SLEEP`]); false, the
+    /// request is not admitted.
+    #[cold]
+    fn sleep_until_admitted(&self, wait: Duration) -> bool {
         let timer = self.config.controls.timer(self.queue);
         if let Err(e) = timer.fire_in(wait.max(MIN_THROTTLE_SLEEP)) {
             limited!(Error, "queue {}: cannot set its timer: {e}", self.queue);
@@ -872,7 +866,7 @@ impl QueueWorker {
     fn handle_completions(&mut self) {
         let mut resubmitted = false;
         let logging = self.config.dirty_log.load(Ordering::Relaxed);
-        let controls = Arc::clone(&self.config.controls);
+        let policy = self.config.controls.policy;
         let mut completions = std::mem::take(&mut self.completions);
         for c in completions.drain(..) {
             // Tokens are the heads we pushed; anything else is an engine bug, not a crash.
@@ -887,12 +881,13 @@ impl QueueWorker {
                 );
                 continue;
             };
-            match slot.complete(c.result, c.data, logging, &controls.policy) {
+            match slot.complete(c.result, c.data, logging, &policy) {
                 Outcome::Resubmit(rest) => {
                     self.push_now(head, rest);
                     resubmitted = true;
                 }
                 Outcome::Held { op, job, error } => {
+                    let controls = &self.config.controls;
                     controls.pause(self.queue, job.name(), job.offset(), &error);
                     self.stats.add(Counter::HeldOnError, 1);
                     self.held.push((head, op));

@@ -301,6 +301,7 @@ impl Slot {
 
     /// The held request of a failure `policy` holds (taking the buffers from `data`), or the
     /// failure back.
+    #[cold]
     fn hold(
         &mut self,
         failure: Failure,

@@ -24,11 +24,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use diskio::{Direction, IoOp};
 use serde::{Deserialize, Serialize};
 
 /// QEMU's largest accepted limit (`THROTTLE_VALUE_MAX`).
@@ -403,22 +404,47 @@ struct Limits {
 
 /// What a request costs: whether it writes, and the bytes it moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cost {
-    pub write: bool,
-    pub bytes: u64,
+struct Cost {
+    write: bool,
+    bytes: u64,
+}
+
+impl Cost {
+    /// What `op` costs; nothing for what is not limited (flushes, discards).
+    fn of(op: &IoOp) -> Option<Cost> {
+        match op {
+            IoOp::Transfer {
+                direction, data, ..
+            } => Some(Cost {
+                write: *direction != Direction::Read,
+                bytes: data.len() as u64,
+            }),
+            IoOp::WriteZeroes { len, .. } => Some(Cost {
+                write: true,
+                bytes: *len,
+            }),
+            IoOp::Flush | IoOp::Discard { .. } => None,
+        }
+    }
 }
 
 /// The disk's limits, which every queue checks its requests against.
 #[derive(Debug, Default)]
 pub struct Throttle {
+    /// Whether there are limits: without, a request costs this one relaxed load (an
+    /// `ArcSwap` load takes and gives back a slot in a thread-local debt list).
+    limited: AtomicBool,
     limits: ArcSwapOption<Limits>,
 }
 
 impl Throttle {
     /// Replaces the limits (none if `config` is empty), with empty buckets.
     pub fn set(&self, config: ThrottleConfig) {
+        let limited = !config.is_empty();
         self.limits
-            .store((!config.is_empty()).then(|| Arc::new(Limits::new(config))));
+            .store(limited.then(|| Arc::new(Limits::new(config))));
+        // A queue that still sees the old flag for a moment charges the old buckets or none.
+        self.limited.store(limited, Ordering::Release);
     }
 
     /// The limits now.
@@ -430,11 +456,21 @@ impl Throttle {
             .unwrap_or_default()
     }
 
-    /// Admits a request of `cost` and charges the buckets it counts against; or says how long
-    /// to wait until it may be admitted (and charges nothing).
-    pub fn admit(&self, cost: Cost) -> Result<(), Duration> {
+    /// Admits `op` and charges the buckets it counts against; or says how long to wait until
+    /// it may be admitted (and charges nothing).
+    #[inline]
+    pub fn admit(&self, op: &IoOp) -> Result<(), Duration> {
+        if !self.limited.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.admit_limited(op)
+    }
+
+    /// [`Throttle::admit`] with limits, out of line so that the path without stays small.
+    #[inline(never)]
+    fn admit_limited(&self, op: &IoOp) -> Result<(), Duration> {
         let guard = self.limits.load();
-        let Some(limits) = guard.as_ref() else {
+        let (Some(limits), Some(cost)) = (guard.as_ref(), Cost::of(op)) else {
             return Ok(());
         };
         let now = u64::try_from(limits.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -580,7 +616,21 @@ mod tests {
         assert_eq!(limits.admit(WRITE, 400_000), Err(600_000), "it drains");
         assert_eq!(limits.admit(WRITE, 1_000_000), Ok(()));
         let unlimited = Throttle::default();
-        assert!((0..1000).all(|_| unlimited.admit(READ).is_ok()));
+        assert!((0..1000).all(|_| unlimited.admit(&IoOp::Flush).is_ok()));
+        let limited = Throttle::default();
+        limited.set("iops-total=1".parse().unwrap());
+        assert!(
+            (0..1000).all(|_| limited.admit(&IoOp::Flush).is_ok()),
+            "flushes are free"
+        );
+        let discard = IoOp::Discard {
+            offset: 0,
+            len: 1 << 30,
+        };
+        assert!(
+            (0..1000).all(|_| limited.admit(&discard).is_ok()),
+            "so are discards"
+        );
     }
 
     #[test]
