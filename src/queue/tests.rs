@@ -478,6 +478,26 @@ fn a_queue_over_its_limits_holds_requests_until_its_timer_fires() {
 }
 
 #[test]
+fn stopping_the_ring_completes_what_the_limits_held_back() {
+    let limits = "iops-total=1".parse().unwrap();
+    let controls = Controls::new(1, limits, ErrorPolicy::default()).unwrap();
+    let mut h = Harness::under(controls, |_| {}, 1);
+    let reqs = [0, 1, 2].map(|slot| Req::new(VIRTIO_BLK_T_IN, 0, 512).in_slot(slot));
+    h.kick(&reqs);
+    assert_eq!(h.worker.throttled.len(), 1);
+    // GET_VRING_BASE: the frontend must get a ring with nothing in flight.
+    h.worker.stop();
+    assert_eq!(h.worker.in_flight, 0);
+    assert_eq!(h.used().len(), 2, "the third was never taken");
+    assert!(reqs[..2].iter().all(|&r| h.status(r) == status::OK));
+    assert_eq!(h.worker.stats.get(Counter::Throttled), 1);
+    assert!(
+        h.worker.throttled_since.is_none(),
+        "the time held back is counted"
+    );
+}
+
+#[test]
 fn each_request_kind_reaches_the_engine_or_is_answered_in_place() {
     let mut h = Harness::new();
     assert_eq!(
