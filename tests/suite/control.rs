@@ -112,7 +112,18 @@ fn stats_count_exactly_what_the_client_did() {
     // One request at a time, each handed to the engine in a submission of its own; the
     // refused one reached no engine.
     assert_eq!(total["submissions"], 20, "{stats}");
-    assert!(total["notifications"].as_u64().unwrap() >= 20, "{stats}");
+    // Every queue signals its guest, at most once per request answered (21, the refused one
+    // included) and once per ring start (three: two queues, then the hand-made guest's) —
+    // fewer when the client is still looking at the used ring and its event index does not
+    // ask for a signal, which depends on timing.
+    let notifications = total["notifications"].as_u64().unwrap();
+    assert!((3..=24).contains(&notifications), "{stats}");
+    for q in 0..2 {
+        assert!(
+            stats["queues"][q]["notifications"].as_u64().unwrap() > 0,
+            "{stats}"
+        );
+    }
 
     let info = ctl(&control, "info");
     assert_eq!(info["capacity"], 16 << 20, "{info}");
