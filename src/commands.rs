@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::disk::{DiskOptions, DiskSpec};
 use crate::queue::controls::ErrorPolicy;
 use crate::queue::throttle::ThrottleConfig;
+use crate::sandbox::{self, SeccompMode};
 use crate::service::control::{self, ClientError};
 use crate::service::daemon::{self, ServeOptions, Socket};
 use crate::service::{activation, status::Command};
@@ -38,6 +39,8 @@ pub struct ServeConfig {
     pub limits: ThrottleConfig,
     /// What failed requests do.
     pub error_policy: ErrorPolicy,
+    /// The system call filters.
+    pub seccomp: SeccompMode,
 }
 
 /// `vblkd serve`: serves the disk until SIGINT or SIGTERM.
@@ -66,7 +69,8 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             )
         }
     };
-    // Before any thread exists, so that every thread inherits the mask.
+    // Before any thread exists, so that every thread inherits them.
+    sandbox::no_new_privs()?;
     daemon::block_termination_signals()
         .map_err(|e| format!("cannot block termination signals: {e}"))?;
     sigbus::install().map_err(|e| format!("cannot install the SIGBUS handler: {e}"))?;
@@ -88,6 +92,8 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             disk_name: config.disk.to_string(),
             limits: config.limits,
             error_policy: config.error_policy,
+            seccomp: config.seccomp,
+            disk_kind: config.disk.kind(),
         },
     )?;
     Ok(())

@@ -16,7 +16,7 @@
 //! | service | [`service`] |
 //! | vhost-user frontend | [`frontend`] |
 //! | queue workers | [`queue`] |
-//! | device model, I/O, backends | [`blk`], [`engine`], [`disk`] |
+//! | device model, I/O, backends, the sandbox | [`blk`], [`engine`], [`disk`], [`sandbox`] |
 //! | leaf utilities | [`util`] (and the `diskio` crate) |
 
 pub mod blk;
@@ -25,6 +25,7 @@ pub mod disk;
 pub mod engine;
 pub mod frontend;
 pub mod queue;
+pub mod sandbox;
 pub mod service;
 pub mod util;
 

@@ -14,6 +14,7 @@ use vblkd::commands::{self, ServeConfig};
 use vblkd::disk::{AioMode, CacheMode, DiskOptions, DiskSpec, Locking, SERIAL_LEN};
 use vblkd::queue::controls::{ErrorPolicy, OnError};
 use vblkd::queue::throttle::{ThrottleConfig, ThrottleError};
+use vblkd::sandbox::SeccompMode;
 use vblkd::service::daemon::group_id;
 use vblkd::service::status::Command as ControlCommand;
 use vblkd::util::size;
@@ -185,6 +186,11 @@ struct ServeArgs {
     #[arg(long, default_value = "report", value_parser = PossibleValuesParser::new(["report", "stop"])
         .map(|s| s.parse::<OnError>().expect("a listed value")))]
     rerror: OnError,
+    /// System call filters: kill the process on a call outside them; log it and allow it
+    /// (to find what a new setup needs: `journalctl -k` or `dmesg`, `type=1326`); or off.
+    #[arg(long, default_value = "kill", value_parser = PossibleValuesParser::new(SeccompMode::VARIANTS)
+        .map(|s| s.parse::<SeccompMode>().expect("a listed value")))]
+    seccomp: SeccompMode,
 }
 
 fn parse_limits(s: &str) -> Result<ThrottleConfig, String> {
@@ -267,6 +273,7 @@ impl From<ServeArgs> for ServeConfig {
             queue_size: args.queue_size,
             poll: (args.poll_us > 0).then(|| Duration::from_micros(u64::from(args.poll_us))),
             limits: args.throttle,
+            seccomp: args.seccomp,
             error_policy: ErrorPolicy {
                 read: args.rerror,
                 write: args.werror,

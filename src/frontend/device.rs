@@ -359,6 +359,8 @@ impl VhostUserBackend for BlockDevice {
         let (Some(worker), Some(vring)) = (self.workers.get(thread_id), vrings.first()) else {
             return Ok(());
         };
+        // Only queue threads get here; the first event tightens the thread's filter.
+        crate::sandbox::enter(crate::sandbox::Role::Queue);
         let mut worker = self.worker(worker);
         if !worker.is_started() && vring.get_ref().get_queue().ready() {
             // Before the worker resubmits what a predecessor left in flight.

@@ -24,10 +24,11 @@ use vmm_sys_util::signal::{block_signal, create_sigset, Error as SignalError};
 
 use super::status::Served;
 use super::{control, metrics, notify};
-use crate::disk::{Disk, DiskError};
+use crate::disk::{Disk, DiskError, DiskKind};
 use crate::frontend::BlockDevice;
 use crate::queue::controls::{Controls, ErrorPolicy};
 use crate::queue::throttle::ThrottleConfig;
+use crate::sandbox::{self, SandboxError, SeccompMode};
 use crate::util::sigbus;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,8 @@ pub enum DaemonError {
     Control(#[from] control::ListenError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// `vhost_user_backend::Error` implements Display but not Error, so it is kept as text.
     #[error("vhost-user: {0}")]
     VhostUser(String),
@@ -113,6 +116,9 @@ pub struct ServeOptions {
     pub limits: ThrottleConfig,
     /// What failed requests do.
     pub error_policy: ErrorPolicy,
+    /// The system call filters, which go on when start-up is over.
+    pub seccomp: SeccompMode,
+    pub disk_kind: DiskKind,
 }
 
 /// The signals that stop the daemon.
@@ -234,6 +240,8 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
             listener
         }
     };
+    notify::prepare();
+    sandbox::lock_down(opts.seccomp, opts.disk_kind)?;
     notify::notify("READY=1\nSTATUS=waiting for a frontend");
 
     while !stop.requested() {

@@ -29,12 +29,33 @@ pub fn notify(state: &str) {
     }
 }
 
-fn send(target: &std::ffi::OsStr, state: &str) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
+/// Makes the socket messages go out of, if there is a supervisor to send to: before the
+/// sandbox goes on (see [`crate::sandbox`]), which keeps threads from making sockets.
+pub fn prepare() {
+    if std::env::var_os(NOTIFY_SOCKET).is_some_and(|t| !t.is_empty()) {
+        if let Err(e) = sender() {
+            log::warn!("cannot make a socket to notify the supervisor: {e}");
+        }
+    }
+}
+
+/// The socket every message is sent from, made with the first (at start-up, before the
+/// sandbox takes socket(2) away from most threads).
+fn sender() -> io::Result<&'static UnixDatagram> {
+    static SOCKET: std::sync::OnceLock<UnixDatagram> = std::sync::OnceLock::new();
+    if let Some(socket) = SOCKET.get() {
+        return Ok(socket);
+    }
     let socket = UnixDatagram::unbound()?;
     // A supervisor that does not read would otherwise block the sender once its queue is
     // full (ten datagrams by default): state messages are dropped rather than wait for it.
     socket.set_nonblocking(true)?;
+    Ok(SOCKET.get_or_init(|| socket))
+}
+
+fn send(target: &std::ffi::OsStr, state: &str) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let socket = sender()?;
     match target.as_bytes().strip_prefix(b"@") {
         Some(name) => {
             use std::os::linux::net::SocketAddrExt;

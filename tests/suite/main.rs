@@ -25,4 +25,5 @@ mod migration;
 mod qemu_guest;
 mod rbd;
 mod reconnect;
+mod sandbox;
 mod systemd;

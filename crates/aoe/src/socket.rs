@@ -8,7 +8,6 @@
 //! preceded by a virtio-net header whose `hdr_len` asks for the whole frame in the linear
 //! area, which comes from the slab allocator and is recycled warm ([`RawSocket::send_linear`]).
 
-use std::ffi::CString;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -36,14 +35,14 @@ fn socklen_of<T>() -> libc::socklen_t {
 impl RawSocket {
     /// Opens a socket on `iface` that sends and receives AoE frames.
     pub fn open(iface: &str) -> io::Result<Self> {
-        let name = CString::new(iface).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::new(
+        let no_such = || {
+            io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("no network interface named {iface}"),
-            ));
+            )
+        };
+        if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains('\0') {
+            return Err(no_such());
         }
         // SAFETY: plain socket(2); the fd is owned below.
         let raw = SyscallReturnCode(unsafe {
@@ -56,12 +55,28 @@ impl RawSocket {
         .into_result()?;
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // The interface's details come from ioctls on this socket (not if_nametoindex, which
+        // opens a socket of another family, which the sandbox does not allow).
+        // SAFETY: ifreq is plain data; the name fits (checked above: shorter than IFNAMSIZ).
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(iface.as_bytes()) {
+            *d = libc::c_char::from_ne_bytes([*s]);
+        }
+        // SAFETY: SIOCGIFINDEX fills the ifreq we pass.
+        let found =
+            SyscallReturnCode(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) })
+                .into_result();
+        match found {
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Err(no_such()),
+            other => other?,
+        };
+        // SAFETY: the ioctl succeeded, so the index member is the valid one.
+        let ifindex = unsafe { req.ifr_ifru.ifru_ifindex };
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid starting value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::sa_family_t::try_from(libc::AF_PACKET).expect("AF_PACKET is 17");
         addr.sll_protocol = ETHERTYPE.to_be();
-        addr.sll_ifindex = i32::try_from(ifindex)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "interface index too large"))?;
+        addr.sll_ifindex = ifindex;
         // SAFETY: `addr` is a valid sockaddr_ll of the size we pass.
         SyscallReturnCode(unsafe {
             libc::bind(
@@ -72,12 +87,6 @@ impl RawSocket {
         })
         .into_result()?;
 
-        // SAFETY: ifreq is plain data; the name fits (checked by if_nametoindex's success,
-        // names are shorter than IFNAMSIZ).
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-            *d = libc::c_char::from_ne_bytes([*s]);
-        }
         // SAFETY: SIOCGIFHWADDR fills the ifreq we pass.
         SyscallReturnCode(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) })
             .into_result()?;

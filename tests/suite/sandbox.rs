@@ -1,0 +1,69 @@
+//! The sandbox of a running daemon, seen from outside: every thread filtered, none able to
+//! gain privileges, the queue threads under a tighter filter of their own.
+
+use support::{Client, Daemon};
+
+/// (name, status file) of every thread of process `pid`.
+fn threads(pid: u32) -> Vec<(String, String)> {
+    let mut threads: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let task = task.unwrap().path();
+            let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+            let status = std::fs::read_to_string(task.join("status")).unwrap();
+            (comm.trim().to_owned(), status)
+        })
+        .collect();
+    threads.sort();
+    threads
+}
+
+/// The value of `key:` in a status file.
+fn field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .trim()
+}
+
+#[test]
+fn every_thread_of_a_serving_daemon_is_filtered_and_cannot_gain_privileges() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let daemon = Daemon::start(dir.path(), &["--disk", "null:64M", "--num-queues", "2"]);
+    let mut client = Client::connect(&daemon.socket, 2, false, 1 << 20).unwrap();
+    // One request on each queue: each queue thread has had its first event.
+    assert_eq!(client.read_sync(0, 0, 4096), 0);
+    assert_eq!(client.read_sync(1, 0, 4096), 0);
+    let threads = threads(daemon.pid());
+    let names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
+    eprintln!("threads: {names:?}");
+    assert!(names.contains(&"vblkd-control") && names.contains(&"vblkd-signals"));
+    let queues = threads
+        .iter()
+        .filter(|(name, _)| name == "vring_worker")
+        .count();
+    assert_eq!(queues, 2, "{names:?}");
+    for (name, status) in &threads {
+        assert_eq!(field(status, "Seccomp"), "2", "{name}: seccomp filter mode");
+        assert_eq!(field(status, "NoNewPrivs"), "1", "{name}");
+        // The process's allow-list and its rule against opening paths; a queue thread's own.
+        let filters: u32 = field(status, "Seccomp_filters").parse().unwrap();
+        let expected = if name == "vring_worker" { 3 } else { 2 };
+        assert_eq!(filters, expected, "{name}: filters");
+    }
+    drop(client);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn with_seccomp_off_there_is_no_filter_but_still_no_new_privileges() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let daemon = Daemon::start(dir.path(), &["--disk", "null:64M", "--seccomp", "off"]);
+    for (name, status) in threads(daemon.pid()) {
+        assert_eq!(field(&status, "Seccomp"), "0", "{name}");
+        assert_eq!(field(&status, "NoNewPrivs"), "1", "{name}");
+    }
+    assert!(daemon.log().contains("seccomp is off"));
+    assert!(daemon.stop().success());
+}
