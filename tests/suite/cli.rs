@@ -99,7 +99,10 @@ fn bad_options_are_explained() {
     let e = serve_error(dir.path(), &["--disk", img_s, "--rerror", "enospc"]);
     assert!(e.contains("report") && e.contains("stop"), "{e}");
     let e = serve_error(dir.path(), &["--disk", img_s, "--seccomp", "strict"]);
-    assert!(e.contains("kill") && e.contains("log") && e.contains("off"), "{e}");
+    assert!(
+        e.contains("kill") && e.contains("log") && e.contains("off"),
+        "{e}"
+    );
 
     let (code, e) = run_vblkd(&[
         "serve",
