@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::disk::{DiskOptions, DiskSpec};
 use crate::queue::controls::ErrorPolicy;
 use crate::queue::throttle::ThrottleConfig;
-use crate::sandbox::{self, SeccompMode};
+use crate::sandbox::{self, Identity, SeccompMode};
 use crate::service::control::{self, ClientError};
 use crate::service::daemon::{self, ServeOptions, Socket};
 use crate::service::{activation, status::Command};
@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub error_policy: ErrorPolicy,
     /// The system call filters.
     pub seccomp: SeccompMode,
+    /// Who to serve as.
+    pub identity: Option<Identity>,
 }
 
 /// `vblkd serve`: serves the disk until SIGINT or SIGTERM.
@@ -93,6 +95,7 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             limits: config.limits,
             error_policy: config.error_policy,
             seccomp: config.seccomp,
+            identity: config.identity,
             disk_kind: config.disk.kind(),
         },
     )?;

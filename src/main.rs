@@ -14,8 +14,8 @@ use vblkd::commands::{self, ServeConfig};
 use vblkd::disk::{AioMode, CacheMode, DiskOptions, DiskSpec, Locking, SERIAL_LEN};
 use vblkd::queue::controls::{ErrorPolicy, OnError};
 use vblkd::queue::throttle::{ThrottleConfig, ThrottleError};
-use vblkd::sandbox::SeccompMode;
-use vblkd::service::daemon::group_id;
+use vblkd::sandbox::{Identity, SeccompMode};
+use vblkd::service::daemon::{group_id, user_id};
 use vblkd::service::status::Command as ControlCommand;
 use vblkd::util::size;
 
@@ -191,6 +191,14 @@ struct ServeArgs {
     #[arg(long, default_value = "kill", value_parser = PossibleValuesParser::new(SeccompMode::VARIANTS)
         .map(|s| s.parse::<SeccompMode>().expect("a listed value")))]
     seccomp: SeccompMode,
+    /// Serve as this user (a name or a number) once the disk and the sockets are open, with no
+    /// capabilities left — but CAP_NET_RAW for an AoE disk, whose engines open raw sockets.
+    /// The group is the user's own unless --group says otherwise.
+    #[arg(long, value_name = "NAME", value_parser = user_id)]
+    user: Option<(libc::uid_t, libc::gid_t)>,
+    /// With --user: serve as this group instead of the user's own.
+    #[arg(long, value_name = "NAME", value_parser = group_id, requires = "user")]
+    group: Option<libc::gid_t>,
 }
 
 fn parse_limits(s: &str) -> Result<ThrottleConfig, String> {
@@ -274,6 +282,10 @@ impl From<ServeArgs> for ServeConfig {
             poll: (args.poll_us > 0).then(|| Duration::from_micros(u64::from(args.poll_us))),
             limits: args.throttle,
             seccomp: args.seccomp,
+            identity: args.user.map(|(uid, gid)| Identity {
+                uid,
+                gid: args.group.unwrap_or(gid),
+            }),
             error_policy: ErrorPolicy {
                 read: args.rerror,
                 write: args.werror,

@@ -68,6 +68,98 @@ pub enum SandboxError {
     },
     #[error("cannot set no_new_privs: {0}")]
     NoNewPrivs(std::io::Error),
+    #[error("--user/--group: cannot {what}: {source}")]
+    Identity {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// The user and group to serve as, instead of the one that started vblkd (root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+}
+
+/// The capability an AoE disk keeps: its engines open a raw socket for each frontend.
+const CAP_NET_RAW: u32 = 13;
+
+/// Becomes `who`, with no supplementary groups and no capabilities — but `CAP_NET_RAW` if
+/// `keep_net_raw`. Called by the only thread there is (librbd's aside, which glibc switches
+/// too), so that every thread started later inherits exactly this.
+pub fn become_user(who: Identity, keep_net_raw: bool) -> Result<(), SandboxError> {
+    let fail = |what: &'static str| SandboxError::Identity {
+        what,
+        source: std::io::Error::last_os_error(),
+    };
+    // SAFETY: prctl with integer arguments.
+    if keep_net_raw && unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return Err(fail("keep capabilities across the user change"));
+    }
+    // SAFETY: an empty group list: a count of zero, no pointer read.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        return Err(fail("drop the supplementary groups"));
+    }
+    // SAFETY: integer arguments.
+    if unsafe { libc::setresgid(who.gid, who.gid, who.gid) } != 0 {
+        return Err(fail("change group"));
+    }
+    // SAFETY: integer arguments.
+    if unsafe { libc::setresuid(who.uid, who.uid, who.uid) } != 0 {
+        return Err(fail("change user"));
+    }
+    if keep_net_raw {
+        set_capabilities(1 << CAP_NET_RAW).map_err(|source| SandboxError::Identity {
+            what: "keep CAP_NET_RAW alone",
+            source,
+        })?;
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) } != 0 {
+            return Err(fail("stop keeping capabilities"));
+        }
+    }
+    Ok(())
+}
+
+/// Sets the calling thread's permitted and effective capabilities to `set` (of the first 32),
+/// inheritable to none.
+fn set_capabilities(set: u32) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let none = Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    };
+    let data = [
+        Data {
+            effective: set,
+            permitted: set,
+            inheritable: 0,
+        },
+        none,
+    ];
+    // SAFETY: capset reads a version-3 header and two data words, which these are.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The compiled filters, once the process filter is on.

@@ -44,9 +44,8 @@ pub struct ListenError {
     source: io::Error,
 }
 
-/// Listens on `path` (replacing a stale socket), readable and writable by the owner only, and
-/// serves it on a thread of its own for the life of the process.
-pub fn spawn(path: &Path, served: Arc<Served>) -> Result<(), ListenError> {
+/// Listens on `path` (replacing a stale socket), readable and writable by the owner only.
+pub fn bind(path: &Path) -> Result<UnixListener, ListenError> {
     let error = |source| ListenError {
         path: path.to_owned(),
         source,
@@ -57,6 +56,16 @@ pub fn spawn(path: &Path, served: Arc<Served>) -> Result<(), ListenError> {
     }
     let listener = UnixListener::bind(path).map_err(error)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
+    Ok(listener)
+}
+
+/// Serves the control socket `listener` (bound at `path`) on a thread of its own for the
+/// life of the process.
+pub fn spawn(path: &Path, listener: UnixListener, served: Arc<Served>) -> Result<(), ListenError> {
+    let error = |source| ListenError {
+        path: path.to_owned(),
+        source,
+    };
     let clients = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("vblkd-control".into())

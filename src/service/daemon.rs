@@ -28,7 +28,7 @@ use crate::disk::{Disk, DiskError, DiskKind};
 use crate::frontend::BlockDevice;
 use crate::queue::controls::{Controls, ErrorPolicy};
 use crate::queue::throttle::ThrottleConfig;
-use crate::sandbox::{self, SandboxError, SeccompMode};
+use crate::sandbox::{self, Identity, SandboxError, SeccompMode};
 use crate::util::sigbus;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,32 @@ pub fn group_id(name: &str) -> Result<libc::gid_t, String> {
     Ok(unsafe { (*group).gr_gid })
 }
 
+/// The user `name` (from the user database, or a number) and its primary group.
+pub fn user_id(name: &str) -> Result<(libc::uid_t, libc::gid_t), String> {
+    let c_name =
+        std::ffi::CString::new(name).map_err(|_| format!("'{name}' is not a user name"))?;
+    let by_number = name.parse::<libc::uid_t>().ok();
+    // SAFETY: getpwnam/getpwuid return a pointer to static data (or null); we read two
+    // fields right away, before anything else could call them.
+    let user = unsafe {
+        match by_number {
+            Some(uid) => libc::getpwuid(uid),
+            None => libc::getpwnam(c_name.as_ptr()),
+        }
+    };
+    if user.is_null() {
+        return match by_number {
+            // A number without an entry: its group is the same number, as for a container's.
+            Some(uid) => Ok((uid, uid)),
+            None => Err(format!(
+                "no user '{name}'; give a user name from /etc/passwd or a number"
+            )),
+        };
+    }
+    // SAFETY: non-null, so it points to a valid `struct passwd`.
+    Ok(unsafe { ((*user).pw_uid, (*user).pw_gid) })
+}
+
 /// Sets `path`'s permission bits to `mode` and, if given, its group.
 fn restrict(path: &std::path::Path, mode: u32, group: Option<libc::gid_t>) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -116,6 +142,8 @@ pub struct ServeOptions {
     pub limits: ThrottleConfig,
     /// What failed requests do.
     pub error_policy: ErrorPolicy,
+    /// Who to serve as once the disk and the sockets are open (`--user`, `--group`).
+    pub identity: Option<Identity>,
     /// The system call filters, which go on when start-up is over.
     pub seccomp: SeccompMode,
     pub disk_kind: DiskKind,
@@ -195,7 +223,6 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         connection: Mutex::new(None),
     });
-    spawn_signal_watcher(stop.clone())?;
     // Counters, the operator's controls and the way to the frontend live as long as the
     // daemon, across connections.
     let controls = Controls::new(opts.num_queues, opts.limits.clone(), opts.error_policy)?;
@@ -213,15 +240,10 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         opts.queue_size,
         Arc::new(controls),
     ));
-    if let Some(path) = &opts.control {
-        control::spawn(path, served.clone())?;
-        log::info!("control socket on {}", path.display());
-    }
-    if let Some(addr) = &opts.metrics {
-        metrics::spawn(addr, served.clone())?;
-        log::info!("metrics on http://{addr}/metrics");
-    }
 
+    // The sockets first, while the process may still make them anywhere; then the user
+    // change, while this is the only thread of ours (so that every later one inherits it);
+    // then the threads.
     let mut listener = match &opts.socket {
         Socket::Activated(listener) => {
             log::info!("listening on the socket systemd passed");
@@ -240,6 +262,23 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
             listener
         }
     };
+    let control = match &opts.control {
+        Some(path) => Some((path, control::bind(path)?)),
+        None => None,
+    };
+    if let Some(who) = opts.identity {
+        sandbox::become_user(who, opts.disk_kind == DiskKind::Aoe)?;
+        log::info!("serving as uid {} gid {}", who.uid, who.gid);
+    }
+    spawn_signal_watcher(stop.clone())?;
+    if let Some((path, socket)) = control {
+        control::spawn(path, socket, served.clone())?;
+        log::info!("control socket on {}", path.display());
+    }
+    if let Some(addr) = &opts.metrics {
+        metrics::spawn(addr, served.clone())?;
+        log::info!("metrics on http://{addr}/metrics");
+    }
     notify::prepare();
     sandbox::lock_down(opts.seccomp, opts.disk_kind)?;
     notify::notify("READY=1\nSTATUS=waiting for a frontend");

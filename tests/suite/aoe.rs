@@ -374,6 +374,40 @@ fn aoe_requests_fail_after_the_deadline_and_resume_when_the_target_returns() {
     assert!(daemon.stop().success());
 }
 
+/// `--user nobody` on an AoE disk keeps one capability, CAP_NET_RAW, for the raw sockets
+/// each new frontend's engines open; I/O works across a reconnection.
+#[test]
+#[ignore = "needs root and vblade"]
+fn aoe_as_another_user_keeps_only_cap_net_raw() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let rig = Rig::new(dir.path(), 1500);
+    let daemon = rig.daemon(dir.path(), &["--user", "nobody"]);
+    for _ in 0..2 {
+        // Each connection builds its engines, raw sockets included, after the user change.
+        let mut client = Client::connect(&daemon.socket, 2, false, 1 << 20).unwrap();
+        assert_eq!(client.read_sync(1, 4096, 4096), 0);
+        let expected: Vec<u8> = (4096..8192).map(|i| pattern_byte(i, 7)).collect();
+        assert_eq!(&client.buffers()[..4096], &expected[..]);
+        drop(client);
+        support::wait_for_disconnect(&daemon, daemon.info().frontend.connections);
+    }
+    for task in std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        assert!(field("Uid").starts_with("65534"), "{status}");
+        assert_eq!(field("CapEff"), "0000000000002000", "{status}");
+        assert_eq!(field("CapPrm"), "0000000000002000", "{status}");
+    }
+    assert!(daemon.stop().success());
+}
+
 /// With `--rerror stop`, a read the target does not answer by the deadline is held and the
 /// disk paused, not failed; once the target is back, `ctl resume` reads it again and the
 /// client gets the data.

@@ -67,3 +67,75 @@ fn with_seccomp_off_there_is_no_filter_but_still_no_new_privileges() {
     assert!(daemon.log().contains("seccomp is off"));
     assert!(daemon.stop().success());
 }
+
+/// `(uid, effective capabilities, permitted capabilities)` of every thread of `pid`.
+fn identities(pid: u32) -> Vec<(String, String, String, String)> {
+    threads(pid)
+        .into_iter()
+        .map(|(name, status)| {
+            let uid = field(&status, "Uid")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let eff = field(&status, "CapEff").to_owned();
+            let prm = field(&status, "CapPrm").to_owned();
+            (name, uid, eff, prm)
+        })
+        .collect()
+}
+
+/// `--user nobody`: after opening the disk and the sockets, every thread is nobody (real,
+/// effective, saved and file-system uid) with no capability at all; I/O goes on.
+#[test]
+#[ignore = "needs root (to change user)"]
+fn with_user_every_thread_is_that_user_without_capabilities() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (daemon, _disk) = Daemon::on_new_file(
+        dir.path(),
+        "16M",
+        &["--num-queues", "2", "--user", "nobody"],
+    );
+    let mut client = Client::connect(&daemon.socket, 2, false, 1 << 20).unwrap();
+    assert_eq!(client.write_sync(0, 0, &[7; 4096]), 0);
+    assert_eq!(client.read_sync(1, 0, 4096), 0);
+    assert_eq!(client.buffers()[..4096], [7; 4096]);
+    for (name, uid, eff, prm) in identities(daemon.pid()) {
+        assert_eq!(uid, "65534 65534 65534 65534", "{name}");
+        assert_eq!(eff, "0000000000000000", "{name}: effective capabilities");
+        assert_eq!(prm, "0000000000000000", "{name}: permitted capabilities");
+    }
+    assert!(daemon.log().contains("serving as uid 65534"));
+    drop(client);
+    assert!(daemon.stop().success());
+}
+
+/// vblkd needs no root at all: started as nobody, on an image and a socket directory nobody
+/// owns, it serves (with its sandbox on).
+#[test]
+#[ignore = "needs root (to start a process as another user), setpriv"]
+fn an_unprivileged_user_runs_the_daemon() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    for path in [dir.path(), image.as_path()] {
+        std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+    }
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let daemon = Daemon::start_with(&wrapper, dir.path(), &["--disk", image.to_str().unwrap()]);
+    let mut client = Client::connect(&daemon.socket, 1, false, 1 << 20).unwrap();
+    assert_eq!(client.write_sync(0, 4096, &[9; 4096]), 0);
+    assert_eq!(client.read_sync(0, 4096, 4096), 0);
+    assert_eq!(client.buffers()[..4096], [9; 4096]);
+    for (name, uid, eff, _) in identities(daemon.pid()) {
+        assert_eq!(uid, "65534 65534 65534 65534", "{name}");
+        assert_eq!(eff, "0000000000000000", "{name}");
+    }
+    drop(client);
+    assert!(daemon.stop().success());
+    assert_eq!(std::fs::read(&image).unwrap()[4096..8192], [9; 4096]);
+}

@@ -33,6 +33,7 @@ pub mod limits {
 
 use std::io::{BufRead, BufReader};
 use std::mem::MaybeUninit;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,6 +125,8 @@ impl Daemon {
         // Readiness is the daemon's READY=1 (sd_notify), sent once its socket listens.
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let ready = NotifySocket::bind(&dir.join(format!("notify-{n}.sock"))).unwrap();
+        // A daemon that runs as another user (started through `setpriv`) must reach it too.
+        std::fs::set_permissions(ready.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let given = args.iter().position(|a| *a == "--control");
         let control = match given.and_then(|i| args.get(i + 1)) {
             Some(path) => PathBuf::from(path),
