@@ -68,6 +68,8 @@ pub enum SandboxError {
     },
     #[error("cannot set no_new_privs: {0}")]
     NoNewPrivs(std::io::Error),
+    #[error("cannot restrict file-system access (Landlock): {0}")]
+    Landlock(#[from] landlock::RulesetError),
     #[error("--user/--group: cannot {what}: {source}")]
     Identity {
         what: &'static str,
@@ -158,6 +160,51 @@ fn set_capabilities(set: u32) -> std::io::Result<()> {
     // SAFETY: capset reads a version-3 header and two data words, which these are.
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The file-system access the process keeps after start-up (Landlock): none, but making and
+/// removing sockets in `socket_dirs` (the vhost-user socket is removed at exit); for RBD,
+/// reading anywhere too (librbd loads plugins and reads its configuration when it likes),
+/// writing nowhere.
+pub fn paths_ruleset(
+    disk: DiskKind,
+    socket_dirs: &[&std::path::Path],
+) -> Result<landlock::RulesetCreated, SandboxError> {
+    use landlock::{
+        path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    };
+    let abi = landlock::ABI::V6;
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .create()?
+        .add_rules(path_beneath_rules(
+            socket_dirs,
+            AccessFs::RemoveFile | AccessFs::MakeSock,
+        ))?;
+    if disk == DiskKind::Rbd {
+        ruleset = ruleset.add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))?;
+    }
+    Ok(ruleset)
+}
+
+/// Puts `ruleset` on the calling thread and every thread it starts later; on a kernel without
+/// Landlock, says so once and goes on.
+pub fn restrict_paths(ruleset: landlock::RulesetCreated) -> Result<(), SandboxError> {
+    use landlock::RulesetStatus;
+    match ruleset.restrict_self()?.ruleset {
+        RulesetStatus::FullyEnforced => {
+            log::info!("Landlock: no file-system access but the sockets' directories")
+        }
+        RulesetStatus::PartiallyEnforced => log::info!(
+            "Landlock: partly enforced (this kernel knows only some of the access rights)"
+        ),
+        RulesetStatus::NotEnforced => {
+            log::warn!(
+                "Landlock is not available in this kernel: file-system access is not restricted"
+            )
+        }
     }
     Ok(())
 }
@@ -561,6 +608,63 @@ mod tests {
     fn getpid() -> i64 {
         // SAFETY: no arguments.
         unsafe { libc::syscall(libc::SYS_getpid) }
+    }
+
+    #[test]
+    fn after_start_up_the_process_can_only_make_and_remove_sockets_in_their_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let ruleset = paths_ruleset(DiskKind::File, &[dir.path()]).unwrap();
+        let socket = std::ffi::CString::new(dir.path().join("s").to_str().unwrap()).unwrap();
+        let file = std::ffi::CString::new(dir.path().join("f").to_str().unwrap()).unwrap();
+        // SAFETY: sockaddr_un is plain data.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap();
+        for (d, s) in addr.sun_path.iter_mut().zip(socket.as_bytes()) {
+            *d = libc::c_char::from_ne_bytes([*s]);
+        }
+        let addr_len = libc::socklen_t::try_from(std::mem::size_of_val(&addr)).unwrap();
+        // SAFETY: the child restricts itself (system calls on a ruleset built before the fork)
+        // and makes raw system calls on values built before the fork, then exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = match ruleset.restrict_self() {
+                Err(_) => 100,
+                Ok(_) => {
+                    let mut code = 0;
+                    // SAFETY: NUL-terminated paths, a valid sockaddr_un.
+                    unsafe {
+                        if libc::open(c"/etc/passwd".as_ptr(), libc::O_RDONLY) >= 0 {
+                            code |= 1;
+                        }
+                        if libc::open(file.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600) >= 0 {
+                            code |= 2;
+                        }
+                        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                        if libc::bind(fd, std::ptr::addr_of!(addr).cast(), addr_len) != 0 {
+                            code |= 4;
+                        }
+                        if libc::unlink(socket.as_ptr()) != 0 {
+                            code |= 8;
+                        }
+                    }
+                    code
+                }
+            };
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status));
+        // Reading a file elsewhere (1) and making a file beside the sockets (2) refused;
+        // making the socket (4) and removing it (8) allowed.
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "what was allowed that must not be, or not that must"
+        );
     }
 
     #[test]

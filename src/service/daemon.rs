@@ -149,6 +149,16 @@ pub struct ServeOptions {
     pub disk_kind: DiskKind,
 }
 
+impl ServeOptions {
+    /// The vhost-user socket's path, if vblkd made it.
+    fn socket_path(&self) -> Option<&std::path::Path> {
+        match &self.socket {
+            Socket::Path { path, .. } => Some(path),
+            Socket::Activated(_) => None,
+        }
+    }
+}
+
 /// The signals that stop the daemon.
 const TERMINATION: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
@@ -270,6 +280,18 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         sandbox::become_user(who, opts.disk_kind == DiskKind::Aoe)?;
         log::info!("serving as uid {} gid {}", who.uid, who.gid);
     }
+    // Before any thread of ours starts, so that all of them inherit it (librbd's started with
+    // the disk, and are not restricted).
+    let socket_dirs: Vec<&std::path::Path> = [opts.socket_path(), opts.control.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(std::path::Path::parent)
+        .map(|dir| match dir.as_os_str().is_empty() {
+            true => std::path::Path::new("."),
+            false => dir,
+        })
+        .collect();
+    sandbox::restrict_paths(sandbox::paths_ruleset(opts.disk_kind, &socket_dirs)?)?;
     spawn_signal_watcher(stop.clone())?;
     if let Some((path, socket)) = control {
         control::spawn(path, socket, served.clone())?;
