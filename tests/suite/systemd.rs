@@ -1,6 +1,7 @@
 //! Running under systemd: socket activation (the listening socket passed in LISTEN_FDS serves a
 //! real client), sd_notify READY=1, STATUS= on connect and disconnect, STOPPING=1; and who may
-//! connect to a socket vblkd creates (mode 0600 unless told otherwise, and the group given).
+//! connect to a socket vblkd creates (mode 0600 unless told otherwise, and the group given);
+//! and the hardened unit of docs/systemd.md, as systemd rates it.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
@@ -103,4 +104,35 @@ fn the_socket_is_the_owners_unless_a_group_is_given() {
     let (code, stderr) = run_vblkd(&["serve", "--disk", "null:64M"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--socket PATH is needed"), "{stderr}");
+}
+
+/// The hardened unit of docs/systemd.md, as `systemd-analyze security` rates it (offline,
+/// from the file): "SAFE", at most 1 on its scale of 0 (best) to 10.
+#[test]
+#[ignore = "needs systemd-analyze (Debian's systemd)"]
+fn the_hardened_unit_rates_safe() {
+    let unit = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/systemd/vblkd@.service"
+    );
+    let out = support::run_tool(
+        &[
+            "systemd-analyze",
+            "security",
+            "--offline=yes",
+            "--no-pager",
+            unit,
+        ],
+        "systemd-analyze (apt-get install systemd)",
+    );
+    let out = String::from_utf8(out).unwrap();
+    let level = out
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for ").nth(1))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
+    eprintln!("exposure level {level}");
+    assert!(level <= 1.0, "the unit rates {level}:\n{out}");
 }
