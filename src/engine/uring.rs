@@ -133,6 +133,36 @@ pub fn probe_io_uring() -> io::Result<()> {
 
 const FIXED_DISK: types::Fixed = types::Fixed(0);
 
+/// `IORING_REGISTER_BUFFERS_UPDATE` (the kernel's ABI; the crate does not export it).
+const REGISTER_BUFFERS_UPDATE: u8 = 16;
+
+/// Limits the ring, set up disabled, to what vblkd submits — reads and writes (vectored,
+/// fixed-buffer or both) and fsync, on the registered file only — and to updating its fixed
+/// buffers (`IORING_REGISTER_RESTRICTIONS`), then enables it. A subverted queue thread can
+/// then make the ring do nothing else (no opening files, no sockets, no other fds).
+fn restrict(ring: &IoUring) -> io::Result<()> {
+    use io_uring::register::Restriction;
+    let ops = [
+        opcode::Readv::CODE,
+        opcode::Writev::CODE,
+        opcode::ReadFixed::CODE,
+        opcode::WriteFixed::CODE,
+        opcode::ReadvFixed::CODE,
+        opcode::WritevFixed::CODE,
+        opcode::Fsync::CODE,
+    ];
+    let mut allowed: Vec<Restriction> = ops.into_iter().map(Restriction::sqe_op).collect();
+    allowed.push(Restriction::sqe_flags_allowed(
+        squeue::Flags::FIXED_FILE.bits(),
+    ));
+    allowed.push(Restriction::sqe_flags_required(
+        squeue::Flags::FIXED_FILE.bits(),
+    ));
+    allowed.push(Restriction::register_op(REGISTER_BUFFERS_UPDATE));
+    ring.submitter().register_restrictions(&mut allowed)?;
+    ring.submitter().register_enable_rings()
+}
+
 impl UringEngine {
     /// A ring with room for `capacity` operations on `file`, registering guest memory of up
     /// to `fixed_buffers` bytes as fixed buffers, counting what it does into the counters
@@ -150,6 +180,8 @@ impl UringEngine {
             // the TASKRUN flag tells it to enter the kernel instead.
             .setup_coop_taskrun()
             .setup_taskrun_flag()
+            // Disabled until its restrictions are in place (see `restrict`).
+            .setup_r_disabled()
             .build(entries)?;
         ring.submitter().register_files(&[file.as_raw_fd()])?;
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
@@ -174,6 +206,7 @@ impl UringEngine {
                 && probe.is_supported(opcode::ReadvFixed::CODE)
                 && probe.is_supported(opcode::WritevFixed::CODE)
         };
+        restrict(&ring)?;
         let fixed = FixedBuffers {
             vectored,
             max_bytes,
@@ -402,6 +435,36 @@ mod tests {
             iov_base: addr as *mut libc::c_void,
             iov_len: len,
         }
+    }
+
+    #[test]
+    fn the_ring_refuses_operations_vblkd_does_not_submit() {
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let mut engine = UringEngine::new(file, 4, None).unwrap();
+        let path = c"/etc/passwd";
+        let refused = [
+            opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build(),
+            opcode::Nop::new().build(),
+            // An allowed operation, but on a descriptor of the process rather than the ring's
+            // registered file.
+            opcode::Fsync::new(types::Fd(0)).build(),
+        ];
+        for (i, entry) in (0u64..).zip(refused) {
+            // SAFETY: the path is a static NUL-terminated string; the other entries point at
+            // nothing.
+            unsafe { engine.ring.submission().push(&entry.user_data(i)).unwrap() };
+            // A refused entry ends the submission: one at a time.
+            let _ = engine.ring.submit_and_wait(1);
+            let results: Vec<i32> = engine.ring.completion().map(|c| c.result()).collect();
+            assert_eq!(results, [-libc::EACCES], "entry {i}");
+        }
+        // What vblkd submits still works.
+        let fsync = opcode::Fsync::new(FIXED_DISK).build().user_data(9);
+        // SAFETY: an fsync of the registered file points at nothing.
+        unsafe { engine.ring.submission().push(&fsync).unwrap() };
+        engine.ring.submit_and_wait(1).unwrap();
+        let results: Vec<i32> = engine.ring.completion().map(|c| c.result()).collect();
+        assert_eq!(results, [0]);
     }
 
     #[test]
