@@ -52,6 +52,9 @@ pub enum Role {
     /// A queue thread: takes requests from its ring, hands them to its engine, completes
     /// them.
     Queue,
+    /// A thread of the thread pool (`--aio threads`, and the helper of the other engines for
+    /// what they cannot do themselves): reads, writes, flushes and deallocates on the disk.
+    Pool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,8 +212,9 @@ pub fn restrict_paths(ruleset: landlock::RulesetCreated) -> Result<(), SandboxEr
     Ok(())
 }
 
-/// The compiled filters, once the process filter is on.
-static QUEUE_FILTER: OnceLock<Option<BpfProgram>> = OnceLock::new();
+/// The threads' own filters, compiled once the process filter is on (none with `--seccomp
+/// off`).
+static OWN_FILTERS: OnceLock<Option<BTreeMap<Role, BpfProgram>>> = OnceLock::new();
 
 /// Sets `PR_SET_NO_NEW_PRIVS` on the calling thread (and so on every thread it starts later).
 pub fn no_new_privs() -> Result<(), SandboxError> {
@@ -224,24 +228,28 @@ pub fn no_new_privs() -> Result<(), SandboxError> {
 /// Ends start-up: puts the process filter on every thread, and prepares the queue threads'.
 pub fn lock_down(mode: SeccompMode, disk: DiskKind) -> Result<(), SandboxError> {
     let Some(action) = mismatch(mode) else {
-        let _ = QUEUE_FILTER.set(None);
+        let _ = OWN_FILTERS.set(None);
         log::warn!("seccomp is off (--seccomp off): no system call filter");
         return Ok(());
     };
-    let queue = compile(Role::Queue, disk, action.clone())?;
+    let own = [Role::Queue, Role::Pool]
+        .into_iter()
+        .map(|role| Ok((role, compile(role, disk, action.clone())?)))
+        .collect::<Result<BTreeMap<_, _>, SandboxError>>()?;
     for filter in stack(Role::Process, disk, action)? {
         seccompiler::apply_filter_all_threads(&filter).map_err(|source| SandboxError::Install {
             role: Role::Process,
             source,
         })?;
     }
-    let _ = QUEUE_FILTER.set(Some(queue));
+    let _ = OWN_FILTERS.set(Some(own));
     log::info!("seccomp filters on ({mode})");
     Ok(())
 }
 
-/// The calling thread takes on `role` (a queue thread on its first event): its filter goes
-/// on top of the process's, once. Does nothing before [`lock_down`] or with `--seccomp off`.
+/// The calling thread takes on `role` (a queue thread on its first event, a pool thread as it
+/// starts): its filter goes on top of the process's, once. Does nothing before [`lock_down`]
+/// or with `--seccomp off`.
 pub fn enter(role: Role) {
     thread_local! {
         static ENTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -249,11 +257,11 @@ pub fn enter(role: Role) {
     if ENTERED.get() {
         return;
     }
-    let filter = match role {
-        Role::Queue => QUEUE_FILTER.get(),
-        Role::Process => return,
-    };
-    if let Some(Some(filter)) = filter {
+    let filter = OWN_FILTERS
+        .get()
+        .and_then(Option::as_ref)
+        .and_then(|f| f.get(&role));
+    if let Some(filter) = filter {
         ENTERED.set(true);
         if let Err(e) = seccompiler::apply_filter(filter) {
             // The process filter still holds; a thread without its own is looser, not open.
@@ -281,8 +289,8 @@ pub fn stack(
     if disk != DiskKind::Rbd {
         filters.push(no_paths()?);
     }
-    if role == Role::Queue {
-        filters.push(compile(Role::Queue, disk, action)?);
+    if role != Role::Process {
+        filters.push(compile(role, disk, action)?);
     }
     Ok(filters)
 }
@@ -471,6 +479,14 @@ const QUEUE: &[libc::c_long] = &[
     libc::SYS_statx,
 ];
 
+/// What a pool thread does, beyond [`COMMON`]: the blocking I/O of `src/engine/blocking.rs`.
+const POOL: &[libc::c_long] = &[
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+];
+
 /// The calls `role` may make for a `disk`.
 pub fn allowed(role: Role, disk: DiskKind) -> Vec<(i64, Vec<SeccompRule>)> {
     let mut calls: Vec<(i64, Vec<SeccompRule>)> = COMMON.iter().map(|&c| any(c)).collect();
@@ -481,6 +497,7 @@ pub fn allowed(role: Role, disk: DiskKind) -> Vec<(i64, Vec<SeccompRule>)> {
                 calls.extend(RBD.iter().map(|&c| any(c)));
             }
         }
+        Role::Pool => calls.extend(POOL.iter().map(|&c| any(c))),
         Role::Process => {
             calls.extend(PROCESS.iter().map(|&c| any(c)));
             // Sockets: a raw one per queue of each frontend for AoE, the network to the
@@ -670,7 +687,7 @@ mod tests {
     #[test]
     fn the_filters_kill_what_a_subverted_daemon_would_try() {
         let killed = Err(libc::SIGSYS);
-        for role in [Role::Process, Role::Queue] {
+        for role in [Role::Process, Role::Queue, Role::Pool] {
             assert_eq!(
                 in_child(role, DiskKind::File, getpid),
                 Ok(0),
@@ -714,7 +731,7 @@ mod tests {
             for disk in [DiskKind::File, DiskKind::Null, DiskKind::Aoe, DiskKind::Rbd] {
                 let filters = stack(role, disk, SeccompAction::KillProcess).unwrap();
                 assert!(filters.iter().all(|f| !f.is_empty()));
-                let own = usize::from(role == Role::Queue);
+                let own = usize::from(role != Role::Process);
                 let no_paths = usize::from(disk != DiskKind::Rbd);
                 assert_eq!(filters.len(), 1 + no_paths + own);
             }

@@ -64,7 +64,10 @@ impl ThreadPool {
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("vblkd-io-{i}"))
-                    .spawn(move || run(&shared))
+                    .spawn(move || {
+                        crate::sandbox::enter(crate::sandbox::Role::Pool);
+                        run(&shared)
+                    })
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(ThreadPool {

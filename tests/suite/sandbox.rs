@@ -30,7 +30,11 @@ fn field<'a>(status: &'a str, key: &str) -> &'a str {
 #[test]
 fn every_thread_of_a_serving_daemon_is_filtered_and_cannot_gain_privileges() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let daemon = Daemon::start(dir.path(), &["--disk", "null:64M", "--num-queues", "2"]);
+    let (daemon, _disk) = Daemon::on_new_file(
+        dir.path(),
+        "16M",
+        &["--num-queues", "2", "--aio", "threads", "--threads", "2"],
+    );
     let mut client = Client::connect(&daemon.socket, 2, false, 1 << 20).unwrap();
     // One request on each queue: each queue thread has had its first event.
     assert_eq!(client.read_sync(0, 0, 4096), 0);
@@ -56,12 +60,19 @@ fn every_thread_of_a_serving_daemon_is_filtered_and_cannot_gain_privileges() {
         .filter(|(name, _)| name == "vring_worker")
         .count();
     assert_eq!(queues, 2, "{names:?}");
+    let pool = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("vblkd-io-"))
+        .count();
+    assert_eq!(pool, 4, "two pool threads per queue: {names:?}");
     for (name, status) in &threads {
         assert_eq!(field(status, "Seccomp"), "2", "{name}: seccomp filter mode");
         assert_eq!(field(status, "NoNewPrivs"), "1", "{name}");
-        // The process's allow-list and its rule against opening paths; a queue thread's own.
+        // The process's allow-list and its rule against opening paths; a queue or pool
+        // thread's own.
         let filters: u32 = field(status, "Seccomp_filters").parse().unwrap();
-        let expected = if name == "vring_worker" { 3 } else { 2 };
+        let own = name == "vring_worker" || name.starts_with("vblkd-io-");
+        let expected = if own { 3 } else { 2 };
         assert_eq!(filters, expected, "{name}: filters");
     }
     drop(client);
