@@ -174,15 +174,30 @@ impl UringEngine {
     ) -> io::Result<Self> {
         let (fixed_buffers, counters) = fixed_buffers.unzip();
         let entries = u32::from(capacity.max(2)).next_power_of_two();
-        let ring = IoUring::builder()
+        let build = |restricted: bool| {
+            let mut builder = IoUring::builder();
             // Completions are posted by task work on the worker thread. A sleeping worker is
             // woken for it anyway; a running (polling) one need not be interrupted by an IPI:
             // the TASKRUN flag tells it to enter the kernel instead.
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            // Disabled until its restrictions are in place (see `restrict`).
-            .setup_r_disabled()
-            .build(entries)?;
+            builder.setup_coop_taskrun().setup_taskrun_flag();
+            if restricted {
+                // Disabled until its restrictions are in place (see `restrict`).
+                builder.setup_r_disabled();
+            }
+            builder.build(entries)
+        };
+        let (ring, restricted) = match build(true) {
+            Ok(ring) => (ring, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                limited!(
+                    log::Level::Warn,
+                    "io_uring: this kernel cannot restrict a ring to vblkd's operations; the \
+                     rings are not restricted"
+                );
+                (build(false)?, false)
+            }
+            Err(e) => return Err(e),
+        };
         ring.submitter().register_files(&[file.as_raw_fd()])?;
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
@@ -206,7 +221,9 @@ impl UringEngine {
                 && probe.is_supported(opcode::ReadvFixed::CODE)
                 && probe.is_supported(opcode::WritevFixed::CODE)
         };
-        restrict(&ring)?;
+        if restricted {
+            restrict(&ring)?;
+        }
         let fixed = FixedBuffers {
             vectored,
             max_bytes,
