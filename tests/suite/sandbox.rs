@@ -167,3 +167,40 @@ fn an_unprivileged_user_runs_the_daemon() {
     assert!(daemon.stop().success());
     assert_eq!(std::fs::read(&image).unwrap()[4096..8192], [9; 4096]);
 }
+
+/// Evaluates `exprs` inside the running daemon `pid` (gdb attaches and calls them on a
+/// thread of the daemon, as subverted code would) and returns gdb's output.
+fn call_inside(pid: u32, exprs: &[&str]) -> String {
+    let mut command = std::process::Command::new("gdb");
+    command.args(["-p", &pid.to_string(), "-batch", "-nx"]);
+    for expr in exprs {
+        command.args(["-ex", &format!("print (int) {expr}")]);
+    }
+    let out = command.output().expect("gdb runs (apt-get install gdb)");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// What a subverted daemon would try, tried inside a running one: opening a path fails even
+/// with seccomp off (Landlock alone), and reaching the network kills it (seccomp).
+#[test]
+#[ignore = "needs root (ptrace) and gdb"]
+fn a_running_daemon_can_neither_open_paths_nor_reach_the_network() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let daemon = Daemon::start(dir.path(), &["--disk", "null:64M", "--seccomp", "off"]);
+    let out = call_inside(
+        daemon.pid(),
+        &["open(\"/etc/passwd\", 0)", "*(int*)__errno_location()"],
+    );
+    assert!(
+        out.contains("$1 = -1") && out.contains("$2 = 13"),
+        "EACCES expected:\n{out}"
+    );
+    assert!(daemon.stop().success());
+
+    let mut daemon = Daemon::start(dir.path(), &["--disk", "null:64M"]);
+    let out = call_inside(daemon.pid(), &["socket(2, 1, 0)"]);
+    assert!(out.contains("SIGSYS"), "{out}");
+    support::eventually("the daemon dying", support::limits::REPLY, || {
+        !daemon.is_running()
+    });
+}
