@@ -687,32 +687,18 @@ mod tests {
     #[test]
     fn the_filters_kill_what_a_subverted_daemon_would_try() {
         let killed = Err(libc::SIGSYS);
+        type Call = fn() -> i64;
+        let every_role: [(&str, DiskKind, Call, Result<i32, i32>); 5] = [
+            ("getpid", DiskKind::File, getpid, Ok(0)),
+            ("execve", DiskKind::File, execve, killed),
+            ("ptrace", DiskKind::File, ptrace, killed),
+            ("socket", DiskKind::File, inet_socket, killed),
+            ("AoE socket", DiskKind::Aoe, inet_socket, killed),
+        ];
         for role in [Role::Process, Role::Queue, Role::Pool] {
-            assert_eq!(
-                in_child(role, DiskKind::File, getpid),
-                Ok(0),
-                "{role:?}: getpid"
-            );
-            assert_eq!(
-                in_child(role, DiskKind::File, execve),
-                killed,
-                "{role:?}: execve"
-            );
-            assert_eq!(
-                in_child(role, DiskKind::File, ptrace),
-                killed,
-                "{role:?}: ptrace"
-            );
-            assert_eq!(
-                in_child(role, DiskKind::File, inet_socket),
-                killed,
-                "{role:?}: socket"
-            );
-            assert_eq!(
-                in_child(role, DiskKind::Aoe, inet_socket),
-                killed,
-                "{role:?}: AoE socket"
-            );
+            for (what, disk, call, expected) in every_role {
+                assert_eq!(in_child(role, disk, call), expected, "{role:?}: {what}");
+            }
         }
         // Opening a path fails (glibc copes), but for RBD, whose library needs its files.
         let refused = Ok(1);

@@ -252,8 +252,8 @@ impl std::str::FromStr for ThrottleConfig {
             let key = Key::parse(name.trim())?;
             let bytes = matches!(
                 key,
-                Key::IopsSize | Key::Limit(Resource::Bps, _, Field::Avg)
-            ) || matches!(key, Key::Limit(Resource::Bps, _, Field::Max));
+                Key::IopsSize | Key::Limit(Resource::Bps, _, Field::Avg | Field::Max)
+            );
             let value = value.trim();
             let parsed = if bytes {
                 crate::util::size::parse(value).ok()

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
 use crate::control::{sample, scrape};
-use support::frontend::{Guest, Setup};
-use support::guest::{guest_cache, RunningGuest};
-use support::{eventually, limits, pattern_byte, Client, Daemon};
+use support::frontend::{assert_slot_blocks, slot_block, Guest, Setup};
+use support::guest::{assert_fill_read_back, guest_cache, RunningGuest};
+use support::{eventually, limits, Client, Daemon};
 use vblkd::queue::Counter;
 use vblkd::service::status::Command;
 
@@ -98,28 +98,12 @@ fn a_guest_that_fills_the_disk_waits_and_carries_on_after_resume() {
     fs.grow("128M");
     let reply = daemon.ctl(&Command::Resume);
     assert_eq!(reply["was_paused"]["errno"], libc::ENOSPC);
-    let mut report = std::collections::HashMap::new();
-    loop {
-        let line = guest.next(limits::GUEST_RUN, "the guest writes and reads back");
-        seen.push(line.clone());
-        assert!(!line.starts_with("error"), "{line}");
-        if line == "done" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(' ') {
-            report.insert(k.to_owned(), v.to_owned());
-        }
-    }
+    let waiting_for = "the guest writes and reads back";
+    let (report, rest) = guest.report_until_done(limits::GUEST_RUN, waiting_for);
+    seen.extend(rest);
     guest.wait_exit();
     eprintln!("what the guest saw: {seen:?}");
-    for i in 0..4 {
-        assert_eq!(
-            report[&format!("readback_{i}")],
-            report["pattern"],
-            "copy {i}"
-        );
-    }
-    assert_eq!(report["kernel_io_errors"], "0");
+    assert_fill_read_back(&report);
     let log = daemon.log();
     assert_eq!(log.matches("disk paused").count(), 1, "{log}");
     assert!(daemon.info().paused.is_none());
@@ -168,12 +152,6 @@ fn with_werror_report_writes_to_a_full_disk_fail() {
 
 const WRITES: u16 = 32;
 
-fn block(slot: u16) -> Vec<u8> {
-    (0..4096)
-        .map(|i| pattern_byte(i + usize::from(slot) * 31, 1))
-        .collect()
-}
-
 /// Fills the file system holding the image, so that no write to a new part of it fits.
 fn fill(fs: &SmallFs) -> PathBuf {
     use std::io::Write;
@@ -205,7 +183,7 @@ fn a_daemon_killed_while_paused_does_the_held_requests_when_it_starts_again() {
         },
     );
     let heads: Vec<u16> = (0..WRITES)
-        .map(|slot| guest.place_request(slot, u64::from(slot) * 8, Some(&block(slot))))
+        .map(|slot| guest.place_request(slot, u64::from(slot) * 8, Some(&slot_block(slot))))
         .collect();
     guest.make_available(&heads);
     guest.kick.write(1).unwrap();
@@ -245,11 +223,7 @@ fn a_daemon_killed_while_paused_does_the_held_requests_when_it_starts_again() {
     let stats = daemon.stats();
     assert_eq!(stats.total.count(Counter::Resubmitted), held);
     assert!(daemon.stop().success());
-    let file = std::fs::read(fs.image()).unwrap();
-    for slot in 0..WRITES {
-        let at = usize::from(slot) * 4096;
-        assert!(file[at..at + 4096] == block(slot)[..], "block {slot}");
-    }
+    assert_slot_blocks(&std::fs::read(fs.image()).unwrap(), WRITES);
 }
 
 /// What `ctl resume` says when there is nothing to resume, and how a resume that fails again

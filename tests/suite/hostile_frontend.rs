@@ -13,11 +13,11 @@ use std::path::Path;
 use support::blockdev::SlowDisk;
 use support::desc::WRITE as W;
 use support::frontend::{
-    chain, code, disk_with_pattern, memfd, vring_state, Guest, RawFrontend, Setup, DATA,
-    DISK_BYTES, MEM_SIZE, SLOT_DATA_LEN, STATUS,
+    assert_slot_blocks, chain, code, disk_with_pattern, memfd, slot_block, vring_state, Guest,
+    RawFrontend, Setup, DATA, DISK_BYTES, MEM_SIZE, STATUS,
 };
 use support::limits;
-use support::{eventually, pattern_byte, usize_of, Daemon};
+use support::{eventually, usize_of, Daemon};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
@@ -139,12 +139,6 @@ fn slow_setup(dir: &Path, aio: &str, iops: u32) -> (SlowDisk, Daemon) {
 
 const IN_FLIGHT: u16 = 32;
 
-fn block(slot: u16) -> Vec<u8> {
-    (0..usize::try_from(SLOT_DATA_LEN).unwrap())
-        .map(|i| pattern_byte(i + usize::from(slot) * 31, 1))
-        .collect()
-}
-
 /// Every request of [`start_requests`] completed with status OK.
 fn assert_all_ok(guest: &Guest) {
     for slot in 0..IN_FLIGHT {
@@ -154,14 +148,7 @@ fn assert_all_ok(guest: &Guest) {
 
 /// The disk holds every block the writes of [`start_requests`] wrote.
 fn assert_blocks_written(disk: &SlowDisk) {
-    let file = std::fs::read(&disk.file).unwrap();
-    for slot in 0..IN_FLIGHT {
-        let at = usize::from(slot) * 4096;
-        assert!(
-            file[at..at + 4096] == block(slot)[..],
-            "block {slot} on disk"
-        );
-    }
+    assert_slot_blocks(&std::fs::read(&disk.file).unwrap(), IN_FLIGHT);
 }
 
 /// Places `IN_FLIGHT` 4 KiB writes (or reads) to consecutive blocks, kicks, and returns once
@@ -170,7 +157,7 @@ fn assert_blocks_written(disk: &SlowDisk) {
 fn start_requests(guest: &mut Guest, write: bool) -> Vec<(u32, u32)> {
     let heads: Vec<u16> = (0..IN_FLIGHT)
         .map(|slot| {
-            let data = block(slot);
+            let data = slot_block(slot);
             guest.place_request(slot, u64::from(slot) * 8, write.then_some(&data[..]))
         })
         .collect();
@@ -293,7 +280,7 @@ fn memory_table_sent_again_while_reads_are_in_flight(aio: &str) {
     let mut content = vec![0u8; usize_of(DISK_BYTES)];
     for slot in 0..IN_FLIGHT {
         let at = usize::from(slot) * 4096;
-        content[at..at + 4096].copy_from_slice(&block(slot));
+        content[at..at + 4096].copy_from_slice(&slot_block(slot));
     }
     std::fs::write(&disk.file, &content).unwrap();
     let mut guest = Guest::attach_with(
@@ -328,7 +315,10 @@ fn memory_table_sent_again_while_reads_are_in_flight(aio: &str) {
     }
     for slot in 0..IN_FLIGHT {
         assert_eq!(guest.slot_status(slot), OK, "read {slot}");
-        assert!(guest.slot_data(slot) == block(slot), "data of read {slot}");
+        assert!(
+            guest.slot_data(slot) == slot_block(slot),
+            "data of read {slot}"
+        );
     }
     assert_eq!(
         guest.frontend.get_vring_base(0).unwrap(),

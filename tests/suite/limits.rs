@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use blkio::{Blkioq, ReqFlags};
 use support::{limits, Client, Daemon};
+use vblkd::queue::throttle::ThrottleConfig;
 use vblkd::queue::Counter;
 use vblkd::service::status::Command;
 
@@ -116,15 +117,12 @@ fn measure(client: &mut Client, load: (Mix, usize, usize), warm_up: Duration) ->
 }
 
 fn set_limits(daemon: &Daemon, limits: &str) {
-    let reply = daemon.ctl(&Command::SetLimits(limits.parse().unwrap()));
+    let limits: ThrottleConfig = limits.parse().unwrap();
+    let reply = daemon.ctl(&Command::SetLimits(limits.clone()));
     assert_eq!(
         reply,
-        serde_json::to_value(
-            limits
-                .parse::<vblkd::queue::throttle::ThrottleConfig>()
-                .unwrap()
-        )
-        .unwrap()
+        serde_json::to_value(limits).unwrap(),
+        "the limits in force"
     );
 }
 
@@ -297,26 +295,10 @@ fn a_guest_under_limits_completes_its_workload() {
         ],
     );
     let guest = support::guest::RunningGuest::start(&daemon.socket, "fill");
-    let mut report = std::collections::HashMap::new();
-    loop {
-        let line = guest.next(limits::GUEST_RUN, "the guest writes and reads back");
-        assert!(!line.starts_with("error"), "{line}");
-        if line == "done" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(' ') {
-            report.insert(k.to_owned(), v.to_owned());
-        }
-    }
+    let waiting_for = "the guest writes and reads back";
+    let (report, _) = guest.report_until_done(limits::GUEST_RUN, waiting_for);
     guest.wait_exit();
-    for i in 0..4 {
-        assert_eq!(
-            report[&format!("readback_{i}")],
-            report["pattern"],
-            "copy {i}"
-        );
-    }
-    assert_eq!(report["kernel_io_errors"], "0");
+    support::guest::assert_fill_read_back(&report);
     let stats = daemon.stats();
     assert!(stats.total.count(Counter::Throttled) > 0, "{stats:?}");
     assert!(stats.total.count(Counter::BytesWritten) >= 16 << 20);

@@ -36,6 +36,26 @@ const SLOT_DATA: u64 = 0x80_000;
 pub const SLOT_DATA_LEN: u32 = 4096;
 pub const MAX_SLOTS: u16 = 128;
 const _: () = assert!(MAX_SLOTS as u64 * SLOT_DATA_LEN as u64 == MEM_SIZE - SLOT_DATA);
+/// What the tests write from slot `slot`, to block `slot` of the disk: a pattern of its own.
+pub fn slot_block(slot: u16) -> Vec<u8> {
+    (0..usize::try_from(SLOT_DATA_LEN).unwrap())
+        .map(|i| crate::pattern_byte(i + usize::from(slot) * 31, 1))
+        .collect()
+}
+
+/// Checks that `disk` (a file's bytes) holds [`slot_block`] at block `slot` of each of the
+/// first `slots` slots.
+pub fn assert_slot_blocks(disk: &[u8], slots: u16) {
+    let len = usize::try_from(SLOT_DATA_LEN).unwrap();
+    for slot in 0..slots {
+        let at = usize::from(slot) * len;
+        assert!(
+            disk[at..at + len] == slot_block(slot)[..],
+            "block {slot} on disk"
+        );
+    }
+}
+
 /// A status byte the daemon has not written.
 pub const UNTOUCHED: u8 = 0xEE;
 use crate::desc::{NEXT, WRITE as W};

@@ -103,6 +103,19 @@ pub fn check_guest(daemon: Daemon, backing: impl FnOnce() -> Vec<u8>, serial: Op
     );
 }
 
+/// What the "fill" workload reports must say: each of its four copies read back as the
+/// pattern, and no I/O error in the guest's kernel log.
+pub fn assert_fill_read_back(report: &HashMap<String, String>) {
+    for i in 0..4 {
+        assert_eq!(
+            report[&format!("readback_{i}")],
+            report["pattern"],
+            "copy {i}"
+        );
+    }
+    assert_eq!(report["kernel_io_errors"], "0");
+}
+
 /// A guest that keeps running while the test talks to it over its console: the crash test.
 pub struct RunningGuest {
     qemu: std::process::Child,
@@ -151,6 +164,27 @@ impl RunningGuest {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 panic!("the guest's console closed while {waiting_for}")
+            }
+        }
+    }
+
+    /// Reads report lines until "done", failing the test on an "error" line or on none within
+    /// `limit`; returns the `key value` lines as a map, and every line as it came.
+    pub fn report_until_done(
+        &self,
+        limit: Duration,
+        waiting_for: &str,
+    ) -> (HashMap<String, String>, Vec<String>) {
+        let (mut report, mut seen) = (HashMap::new(), Vec::new());
+        loop {
+            let line = self.next(limit, waiting_for);
+            seen.push(line.clone());
+            assert!(!line.starts_with("error"), "{line}");
+            if line == "done" {
+                return (report, seen);
+            }
+            if let Some((k, v)) = line.split_once(' ') {
+                report.insert(k.to_owned(), v.to_owned());
             }
         }
     }
