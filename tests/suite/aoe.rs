@@ -379,7 +379,7 @@ fn aoe_requests_fail_after_the_deadline_and_resume_when_the_target_returns() {
 #[test]
 #[ignore = "needs root and vblade"]
 fn aoe_as_another_user_keeps_only_cap_net_raw() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = support::tempdir_for_another_user();
     let rig = Rig::new(dir.path(), 1500);
     let daemon = rig.daemon(dir.path(), &["--user", "nobody"]);
     for _ in 0..2 {

@@ -117,7 +117,7 @@ fn identities(pid: u32) -> Vec<(String, String, String, String)> {
 #[test]
 #[ignore = "needs root (to change user)"]
 fn with_user_every_thread_is_that_user_without_capabilities() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = support::tempdir_for_another_user();
     let (daemon, _disk) = Daemon::on_new_file(
         dir.path(),
         "16M",
@@ -144,7 +144,7 @@ fn with_user_every_thread_is_that_user_without_capabilities() {
 #[test]
 #[ignore = "needs root (to start a process as another user), setpriv"]
 fn an_unprivileged_user_runs_the_daemon() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = support::tempdir_for_another_user();
     let image = dir.path().join("disk.img");
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
     for path in [dir.path(), image.as_path()] {

@@ -460,6 +460,15 @@ impl Client {
     }
 }
 
+/// A directory for a test whose daemon runs as another user (`--user`, `setpriv`): in the
+/// system's temporary directory, which every user can reach, and searchable by all — the build
+/// tree may sit below a directory only its owner can enter (a clone in `mktemp -d`).
+pub fn tempdir_for_another_user() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// Asks `cond` every 10 ms until it holds, failing the test (saying `what` did not happen)
 /// after `limit`. Only for states that no event announces: a used index moved while the
 /// frontend's call eventfd is saturated, a socket file appeared, a count the control socket
