@@ -583,6 +583,22 @@ impl<'a, M: GuestMemoryBackend + ?Sized> GuestMemorySliceIterator<'a, MS<'a, M>>
 /// returning `None`, ensuring that it will only return `None` from that point on.
 impl<M: GuestMemoryBackend + ?Sized> FusedIterator for GuestMemoryBackendSliceIterator<'_, M> {}
 
+/// The slice for `[addr, addr + count)` when the memory is plain physical memory (no IOMMU) and
+/// the range lies within one region: found with a single region lookup, where the general path
+/// of [`Bytes::read`] and [`Bytes::write`] builds a slice iterator, peeks at it and folds over
+/// it. Most accesses are small (descriptors, ring entries, request headers) and never cross a
+/// region, so they take this path; anything else returns `None` and goes the general way,
+/// which also reports the errors.
+#[inline]
+fn single_region_slice<T: GuestMemory + ?Sized>(
+    mem: &T,
+    addr: GuestAddress,
+    count: usize,
+) -> Option<VolatileSlice<'_, MS<'_, T::PhysicalMemory>>> {
+    let (region, start) = mem.physical_memory()?.to_region_addr(addr)?;
+    region.get_slice(start, count).ok()
+}
+
 /// Allow accessing [`GuestMemory`] (and [`GuestMemoryBackend`]) objects via [`Bytes`].
 ///
 /// Thanks to the [blanket implementation of `GuestMemory` for all `GuestMemoryBackend`
@@ -592,12 +608,18 @@ impl<T: GuestMemory + ?Sized> Bytes<GuestAddress> for T {
     type E = Error;
 
     fn write(&self, buf: &[u8], addr: GuestAddress) -> Result<usize> {
+        if let Some(slice) = single_region_slice(self, addr, buf.len()) {
+            return Ok(slice.write(buf, 0)?);
+        }
         self.get_slices(addr, buf.len(), Permissions::Write)?
             .stop_on_error()?
             .try_fold(0, |acc, slice| Ok(acc + slice.write(&buf[acc..], 0)?))
     }
 
     fn read(&self, buf: &mut [u8], addr: GuestAddress) -> Result<usize> {
+        if let Some(slice) = single_region_slice(self, addr, buf.len()) {
+            return Ok(slice.read(buf, 0)?);
+        }
         self.get_slices(addr, buf.len(), Permissions::Read)?
             .stop_on_error()?
             .try_fold(0, |acc, slice| Ok(acc + slice.read(&mut buf[acc..], 0)?))
