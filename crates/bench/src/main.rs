@@ -46,9 +46,10 @@ struct MatrixArgs {
     /// Do not pin daemons and load threads to separate CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Also measure vblkd with --poll-us set to this (0: skip those rows). The polling window
-    /// adapts up to this ceiling, which must exceed the disk's latency for QD1 to gain.
-    #[arg(long, default_value_t = 200)]
+    /// Also measure vblkd with --poll-us set to this, where polling matters (null disk,
+    /// io_uring and native with O_DIRECT): by default 0, polling off beside the default rows;
+    /// a ceiling above the disk's latency (e.g. 200) shows what covering the disk gains at QD1.
+    #[arg(long, default_value_t = 0)]
     poll_us: u32,
     /// The vblkd to measure; default: the one beside this program, else on PATH.
     #[arg(long, value_name = "PATH")]

@@ -34,7 +34,7 @@ pub struct MatrixOptions {
     pub vblkd: PathBuf,
     /// Extra arguments for every vblkd daemon.
     pub vblkd_args: Vec<String>,
-    /// Also run vblkd with this --poll-us (0: don't).
+    /// Also run vblkd with this --poll-us, where polling matters.
     pub poll_us: u32,
 }
 
@@ -52,8 +52,8 @@ const AIO_MODES: [&str; 3] = ["io_uring", "native", "threads"];
 const CACHE_MODES: [&str; 3] = ["none", "writeback", "directsync"];
 const DAEMON_QUEUES: usize = 2;
 
-/// The configurations of a matrix; with `poll_us`, vblkd also runs polling in the modes
-/// where it matters (null, io_uring and native with O_DIRECT).
+/// The configurations of a matrix; vblkd also runs with `--poll-us poll_us` in the modes where
+/// polling matters (null, io_uring and native with O_DIRECT).
 pub fn configs(with_qsd: bool, poll_us: u32) -> Vec<Config> {
     let config = |peer, aio: Option<&str>, cache: &str, poll_us| Config {
         peer,
@@ -61,29 +61,27 @@ pub fn configs(with_qsd: bool, poll_us: u32) -> Vec<Config> {
         cache: cache.to_owned(),
         poll_us,
     };
-    let mut out = vec![config(Peer::Direct, Some("io_uring"), "none", 0)];
+    let mut out = vec![config(Peer::Direct, Some("io_uring"), "none", None)];
     let peers: &[Peer] = if with_qsd {
         &[Peer::Vblkd, Peer::Qsd]
     } else {
         &[Peer::Vblkd]
     };
     for &peer in peers {
-        out.push(config(peer, None, "none", 0));
+        out.push(config(peer, None, "none", None));
         for aio in AIO_MODES {
             for cache in CACHE_MODES {
                 // Linux AIO blocks without O_DIRECT; both daemons refuse it.
                 if aio == "native" && cache == "writeback" {
                     continue;
                 }
-                out.push(config(peer, Some(aio), cache, 0));
+                out.push(config(peer, Some(aio), cache, None));
             }
         }
     }
-    if poll_us > 0 {
-        out.push(config(Peer::Vblkd, None, "none", poll_us));
-        out.push(config(Peer::Vblkd, Some("io_uring"), "none", poll_us));
-        out.push(config(Peer::Vblkd, Some("native"), "none", poll_us));
-    }
+    out.push(config(Peer::Vblkd, None, "none", Some(poll_us)));
+    out.push(config(Peer::Vblkd, Some("io_uring"), "none", Some(poll_us)));
+    out.push(config(Peer::Vblkd, Some("native"), "none", Some(poll_us)));
     out
 }
 
@@ -203,8 +201,8 @@ fn start_daemon(
                         .arg(format!("null:{}", file_len(&opts.disk)?));
                 }
             }
-            if config.poll_us > 0 {
-                cmd.arg("--poll-us").arg(config.poll_us.to_string());
+            if let Some(poll_us) = config.poll_us {
+                cmd.arg("--poll-us").arg(poll_us.to_string());
             }
             cmd.args(&opts.vblkd_args);
             // Its log goes to a file, read back only to say why it did not come up.

@@ -116,7 +116,7 @@ pub fn targets(rows: &[Row]) -> Vec<TargetCheck> {
             |x| format!("QSD {x:+.1} µs"),
             |x| x <= 0.0,
         ));
-        if rows.iter().any(|r| r.config.poll_us > 0) {
+        if rows.iter().any(|r| r.config.poll_us.is_some_and(|p| p > 0)) {
             out.push(check(
                 format!("aio={aio} with --poll-us: QD1 mean latency ≤ direct + 10 µs"),
                 extra("+poll", r.direct(&qd1)),
@@ -187,13 +187,18 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
             )
         }
     );
-    if ctx.poll_us > 0 {
-        let _ = writeln!(
+    let _ = if ctx.poll_us > 0 {
+        writeln!(
             md,
             "Rows marked \"+poll\" are vblkd with `--poll-us {}` (busy-polling; its CPU time counts).",
             ctx.poll_us
-        );
-    }
+        )
+    } else {
+        writeln!(
+            md,
+            "Rows marked \"+nopoll\" are vblkd with `--poll-us 0`, busy polling off; the other vblkd rows poll with the daemon's default window."
+        )
+    };
     if !ctx.vblkd_args.is_empty() {
         let _ = writeln!(md, "vblkd ran with `{}`.", ctx.vblkd_args.join(" "));
     }
@@ -342,7 +347,7 @@ mod tests {
                 peer,
                 aio: aio.map(str::to_owned),
                 cache: "none".into(),
-                poll_us: 0,
+                poll_us: None,
             },
             workload: w,
             result: r,

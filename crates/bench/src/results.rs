@@ -31,9 +31,9 @@ pub struct Config {
     pub peer: Peer,
     pub aio: Option<String>,
     pub cache: String,
-    /// vblkd's --poll-us (0: not polling).
+    /// vblkd's --poll-us when the matrix set one; `None`: the daemon's default.
     #[serde(default)]
-    pub poll_us: u32,
+    pub poll_us: Option<u32>,
 }
 
 impl Config {
@@ -45,12 +45,12 @@ impl Config {
         }
     }
 
-    /// The base mode, marked "+poll" for a polling vblkd.
+    /// The base mode, marked "+poll" or "+nopoll" for a vblkd with its polling set.
     pub fn mode(&self) -> String {
-        if self.poll_us > 0 {
-            format!("{}+poll", self.base_mode())
-        } else {
-            self.base_mode()
+        match self.poll_us {
+            None => self.base_mode(),
+            Some(0) => format!("{}+nopoll", self.base_mode()),
+            Some(_) => format!("{}+poll", self.base_mode()),
         }
     }
 
