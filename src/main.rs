@@ -22,8 +22,9 @@ use vblkd::util::size;
 /// The default ceiling of the polling window. Measured (docs/benchmarks.md, "Polling by
 /// default"): a guest turns a batch round in 30-50 µs on these VMs, so 50 µs covers the wait
 /// for its next kick at queue depth, where polling saves a sleep and a wake-up per batch (the
-/// null disk 2.5x as fast, less CPU per request); 32 µs covered nothing. At light paced loads
-/// every wait is longer than 50 µs, the windows stay closed, and it costs no CPU.
+/// null disk 1.8-2.6x as fast, at less CPU per request); 32 µs did as well there but covered
+/// neither wait at QD1, where it was slower than no polling and 50 µs 40 µs faster. At light
+/// paced loads every wait is longer than 50 µs, the windows stay closed, and it costs no CPU.
 const DEFAULT_POLL_US: u32 = 50;
 
 #[derive(Parser)]
