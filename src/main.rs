@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use strum::VariantNames;
 
 use vblkd::commands::{self, ServeConfig};
-use vblkd::disk::{AioMode, CacheMode, DiskOptions, DiskSpec, Locking, SERIAL_LEN};
+use vblkd::disk::{AioMode, CacheMode, DiskKind, DiskOptions, DiskSpec, Locking, SERIAL_LEN};
 use vblkd::queue::controls::{ErrorPolicy, OnError};
 use vblkd::queue::throttle::{ThrottleConfig, ThrottleError};
 use vblkd::sandbox::{Identity, SeccompMode};
@@ -19,13 +19,26 @@ use vblkd::service::daemon::{group_id, user_id};
 use vblkd::service::status::Command as ControlCommand;
 use vblkd::util::size;
 
-/// The default ceiling of the polling window. Measured (docs/benchmarks.md, "Polling by
-/// default"): a guest turns a batch round in 30-50 µs on these VMs, so 50 µs covers the wait
-/// for its next kick at queue depth, where polling saves a sleep and a wake-up per batch (the
-/// null disk 1.8-2.6x as fast, at less CPU per request); 32 µs did as well there but covered
-/// neither wait at QD1, where it was slower than no polling and 50 µs 40 µs faster. At light
-/// paced loads every wait is longer than 50 µs, the windows stay closed, and it costs no CPU.
+/// The default ceiling of the polling window for files, block devices and the null disk.
+/// Measured (docs/benchmarks.md, "Polling by default"): a guest turns a batch round in
+/// 30-50 µs on these VMs, so 50 µs covers the wait for its next kick at queue depth, where
+/// polling saves a sleep and a wake-up per batch (the null disk 1.8-2.6x as fast, at less CPU
+/// per request); 32 µs did as well there but covered neither wait at QD1, where it was slower
+/// than no polling and 50 µs 40 µs faster. At light paced loads every wait is longer than
+/// 50 µs, the windows stay closed, and it costs no CPU.
 const DEFAULT_POLL_US: u32 = 50;
+
+/// The polling ceiling a disk gets without `--poll-us`. AoE disks do not poll by default: their
+/// engine gathers replies on a timer instead, which polling defeats (4k QD32 against vblade:
+/// 8-20 % fewer IOPS at 1.6-1.9x the CPU per I/O, the poller spinning on the receive ring).
+/// Nor do RBD disks: librbd's own threads do the I/O on the daemon's CPUs, where a spinning
+/// queue thread competes with them (not measured, so not switched on).
+fn default_poll_us(disk: DiskKind) -> u32 {
+    match disk {
+        DiskKind::File | DiskKind::Null => DEFAULT_POLL_US,
+        DiskKind::Aoe | DiskKind::Rbd => 0,
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -148,9 +161,9 @@ struct ServeArgs {
     /// work before going to sleep, in a window that adapts to how soon work comes (like QEMU's
     /// poll-max-ns): on a busy queue it saves a sleep and a wake-up per batch, on an idle one it
     /// closes. A ceiling above the disk's latency also covers the disk, for lower QD1 latency
-    /// at the price of a spinning CPU. 0 = off.
-    #[arg(long, default_value_t = DEFAULT_POLL_US, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
-    poll_us: u32,
+    /// at the price of a spinning CPU. 0 = off [default: 50; 0 for AoE and RBD disks].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    poll_us: Option<u32>,
     /// AoE disks: fail a request still unanswered after this many seconds [default: 60].
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     aoe_deadline: Option<Duration>,
@@ -266,6 +279,9 @@ fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
 
 impl From<ServeArgs> for ServeConfig {
     fn from(args: ServeArgs) -> Self {
+        let poll_us = args
+            .poll_us
+            .unwrap_or_else(|| default_poll_us(args.disk.kind()));
         ServeConfig {
             socket: args.socket,
             socket_mode: args.socket_mode,
@@ -289,7 +305,7 @@ impl From<ServeArgs> for ServeConfig {
             },
             num_queues: args.num_queues,
             queue_size: args.queue_size,
-            poll: (args.poll_us > 0).then(|| Duration::from_micros(u64::from(args.poll_us))),
+            poll: (poll_us > 0).then(|| Duration::from_micros(u64::from(poll_us))),
             limits: args.throttle,
             seccomp: args.seccomp,
             identity: args.user.map(|(uid, gid)| Identity {
