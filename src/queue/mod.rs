@@ -417,11 +417,10 @@ impl QueueWorker {
 
     /// The polling half of [`QueueWorker::serve`].
     fn poll_loop(&mut self, vring: &Vring, poll: &mut PollWindows) {
-        // When the queue ran out of work (`None` while it has some), and the idle rounds since.
+        // When the queue ran out of work and the idle rounds since (`None` while it has work).
         // The clock is read once as work runs out and then every few idle rounds: reading it
         // every round was an eighth of a busy poller's time (perf, null disk, QD32).
-        let mut idle_since = None;
-        let mut idle_rounds = 0u32;
+        let mut idle: Option<(Instant, u32)> = None;
         let mut awaiting = Awaiting::Kick;
         loop {
             // Each round takes the current memory map (the frontend may add regions while we
@@ -446,22 +445,22 @@ impl QueueWorker {
                 awaiting = Awaiting::Completion;
             }
             if did_complete || avail == Avail::Took {
-                idle_since = None;
+                idle = None;
                 continue;
             }
-            let since = *idle_since.get_or_insert_with(|| {
-                idle_rounds = 0;
-                Instant::now()
-            });
-            idle_rounds = idle_rounds.wrapping_add(1);
+            let (since, rounds) = idle.get_or_insert_with(|| (Instant::now(), 0));
+            *rounds = rounds.wrapping_add(1);
+            let (since, rounds) = (*since, *rounds);
             let window = poll.current(awaiting);
             if !window.is_zero() {
-                if idle_rounds % IDLE_ROUNDS_PER_CHECK != 0 {
+                if rounds % IDLE_ROUNDS_PER_CHECK != 0 {
                     std::hint::spin_loop();
                     continue;
                 }
                 if since.elapsed() < window {
-                    // Let whatever else wants this CPU run: another queue's worker, the VMM.
+                    // Let whatever else wants this CPU run (another queue's worker, the VMM,
+                    // the control thread), without this ring's lock.
+                    drop(state);
                     std::thread::yield_now();
                     continue;
                 }
@@ -476,7 +475,7 @@ impl QueueWorker {
                 }
                 Err(e) => return self.mark_broken(&format!("cannot enable notifications ({e})")),
                 // A request slipped in as we re-armed: keep polling.
-                Ok(true) => idle_since = None,
+                Ok(true) => idle = None,
             }
         }
     }
