@@ -198,7 +198,8 @@ pub fn parse(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
     }
 }
 
-fn put_header(buf: &mut [u8], h: &Header) {
+/// Writes the common 24-byte header at the start of `buf`.
+pub fn put_header(buf: &mut [u8], h: &Header) {
     buf[0..6].copy_from_slice(&h.dst);
     buf[6..12].copy_from_slice(&h.src);
     buf[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());

@@ -1,13 +1,15 @@
-//! ATA over Ethernet (AoE r11): the protocol pieces of a userspace initiator, free of any
-//! vhost-user or virtio concern.
+//! ATA over Ethernet (AoE r11): the protocol pieces of a userspace initiator and target, free
+//! of any vhost-user or virtio concern.
 //!
 //! [`frame`] encodes and parses AoE frames, [`socket`] is the raw AF_PACKET socket
 //! (with [`ring`], its memory-mapped receive ring), [`initiator`] the initiator's protocol
 //! state without I/O (requests into frames, retransmission, deadlines), which uses
 //! [`flow`] (the congestion window and RTT estimate) and [`gather`] (when to let replies
 //! gather instead of waking for each); [`discover`] finds a target. vblkd's AoE engine is glue
-//! between an [`initiator::Initiator`], a socket and timers (`vblkd::engine::AoeEngine`),
-//! and a target can be built on the same frames and socket. See vblkd's docs/aoe.md.
+//! between an [`initiator::Initiator`], a socket and timers (`vblkd::engine::AoeEngine`).
+//! [`target`] is the other side's protocol state without I/O (what to answer, which disk I/O
+//! to do), which vblkd's `aoe-export` drives with the same socket and ring and the disk
+//! engines of `serve`. See vblkd's docs/aoe.md.
 
 use std::io;
 
@@ -18,6 +20,7 @@ pub mod gather;
 pub mod initiator;
 pub mod ring;
 pub mod socket;
+pub mod target;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AoeError {
