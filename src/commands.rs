@@ -2,20 +2,24 @@
 //! line (`main.rs`) parses, these act.
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::disk::{DiskOptions, DiskSpec};
+use crate::disk::{DiskError, DiskKind, DiskOptions, DiskSpec, OpenError};
+use crate::export::{self, ExportDisk, ExportSpec, Interface};
 use crate::queue::controls::ErrorPolicy;
 use crate::queue::throttle::ThrottleConfig;
 use crate::sandbox::{self, Identity, SeccompMode};
 use crate::service::control::{self, ClientError};
 use crate::service::daemon::{self, ServeOptions, Socket};
-use crate::service::{activation, status::Command};
+use crate::service::{activation, notify, status::Command};
 use crate::util::sigbus;
 
 /// Everything `vblkd serve` is told.
@@ -158,4 +162,179 @@ pub fn bench(args: &[OsString]) -> Box<dyn std::error::Error> {
         program.display()
     )
     .into()
+}
+
+/// Everything `vblkd aoe-export` is told.
+#[derive(Debug)]
+pub struct AoeExportConfig {
+    /// The network interfaces to serve on (every export on each).
+    pub interfaces: Vec<String>,
+    pub exports: Vec<ExportSpec>,
+    /// How every disk is opened (as `serve --disk`).
+    pub disk_options: DiskOptions,
+    /// Commands each disk holds at once, as announced.
+    pub buffer_count: u16,
+    pub seccomp: SeccompMode,
+}
+
+/// `vblkd aoe-export`: serves the disks to AoE initiators until SIGINT or SIGTERM, then
+/// finishes the commands in flight.
+pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Error>> {
+    sandbox::no_new_privs()?;
+    daemon::block_termination_signals()
+        .map_err(|e| format!("cannot block termination signals: {e}"))?;
+    for (i, a) in config.exports.iter().enumerate() {
+        if let Some(b) = config.exports[..i]
+            .iter()
+            .find(|b| (b.shelf, b.slot) == (a.shelf, a.slot))
+        {
+            return Err(format!(
+                "{a} and {b} are both e{}.{}; give each disk a slot of its own",
+                a.shelf, a.slot
+            )
+            .into());
+        }
+    }
+    let mut disks = Vec::with_capacity(config.exports.len());
+    for spec in &config.exports {
+        let in_export = |e: &dyn std::fmt::Display| format!("e{}.{}: {e}", spec.shelf, spec.slot);
+        let disk = crate::disk::open(&spec.disk, &config.disk_options).map_err(|e| match e {
+            OpenError::Disk(DiskError::BlockSizeTooSmall { path, .. }) => in_export(&format!(
+                "{} rejects 512-byte direct I/O, and AoE sectors are 512 bytes; export it with --cache writeback",
+                path.display()
+            )),
+            e => in_export(&e),
+        })?;
+        if disk.info().logical_block_size != 512 {
+            return Err(
+                in_export(&"AoE sectors are 512 bytes; leave --logical-block-size out").into(),
+            );
+        }
+        disk.activate().map_err(|e| in_export(&e))?;
+        disks.push(ExportDisk {
+            shelf: spec.shelf,
+            slot: spec.slot,
+            disk,
+            buffer_count: config.buffer_count,
+            counters: Default::default(),
+        });
+    }
+    let mut interfaces = Vec::with_capacity(config.interfaces.len());
+    for (index, name) in config.interfaces.iter().enumerate() {
+        let index = u16::try_from(index).map_err(|_| "too many interfaces")?;
+        let interface = Interface::open(name, index, &disks)?;
+        let (mac, max_sectors) = interface.describe();
+        for (spec, disk) in config.exports.iter().zip(&disks) {
+            log::info!(
+                "exporting {} as e{}.{} on {name} ({}, {max_sectors} sectors per frame, {} buffers): {} bytes{}",
+                spec.disk,
+                spec.shelf,
+                spec.slot,
+                export::mac_text(&mac),
+                config.buffer_count,
+                disk.disk.info().capacity.bytes(),
+                if disk.disk.info().read_only { ", read-only" } else { "" },
+            );
+        }
+        interfaces.push(interface);
+    }
+    let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
+    let ended = Arc::new(EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
+    let signals = signal_fd()?;
+    let kind = if config
+        .exports
+        .iter()
+        .any(|e| e.disk.kind() == DiskKind::Rbd)
+    {
+        DiskKind::Rbd
+    } else {
+        DiskKind::File
+    };
+    sandbox::restrict_paths(sandbox::paths_ruleset(kind, &[])?)?;
+    notify::prepare();
+    sandbox::lock_down(config.seccomp, kind)?;
+    let threads = interfaces
+        .into_iter()
+        .zip(&config.interfaces)
+        .map(|(interface, name)| {
+            let (stop, ended) = (stop.clone(), ended.clone());
+            std::thread::Builder::new()
+                .name(format!("vblkd-aoe-{name}"))
+                .spawn(move || {
+                    let result = interface.run(&stop);
+                    let _ = ended.write(1);
+                    result
+                })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    notify::notify("READY=1\nSTATUS=exporting");
+    // Until a signal, or an interface's loop ends (it failed).
+    wait_readable(&[signals.as_raw_fd(), ended.as_raw_fd()])?;
+    log::info!("stopping: finishing the commands in flight");
+    notify::notify("STOPPING=1");
+    stop.write(1)?;
+    let mut failure = None;
+    for (thread, name) in threads.into_iter().zip(&config.interfaces) {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(format!("serving on {name} failed: {e}")),
+            Err(_) => failure = Some(format!("serving on {name} panicked")),
+        }
+    }
+    for (spec, disk) in config.exports.iter().zip(&disks) {
+        let figures: Vec<String> = disk
+            .counters
+            .values()
+            .iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        log::info!("e{}.{}: {}", spec.shelf, spec.slot, figures.join(", "));
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// A descriptor that is readable when SIGINT or SIGTERM (blocked in every thread) is pending.
+fn signal_fd() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the signals are valid numbers.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    // SAFETY: makes a new descriptor for `set`; the result is checked and owned below.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until one of `fds` is readable.
+fn wait_readable(fds: &[RawFd]) -> io::Result<()> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: `polled` is a valid array of as many pollfds as we pass.
+        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
+        if n > 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if n < 0 && err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub mod blk;
 pub mod commands;
 pub mod disk;
 pub mod engine;
+pub mod export;
 pub mod frontend;
 pub mod queue;
 pub mod sandbox;

@@ -10,8 +10,9 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use strum::VariantNames;
 
-use vblkd::commands::{self, ServeConfig};
+use vblkd::commands::{self, AoeExportConfig, ServeConfig};
 use vblkd::disk::{AioMode, CacheMode, DiskKind, DiskOptions, DiskSpec, Locking, SERIAL_LEN};
+use vblkd::export::ExportSpec;
 use vblkd::queue::controls::{ErrorPolicy, OnError};
 use vblkd::queue::throttle::{ThrottleConfig, ThrottleError};
 use vblkd::sandbox::{Identity, SeccompMode};
@@ -54,6 +55,9 @@ struct Cli {
 enum Command {
     /// Serve a disk on a vhost-user socket until SIGINT or SIGTERM.
     Serve(Box<ServeArgs>),
+    /// Export disks to ATA-over-Ethernet initiators (Linux's aoe driver, `serve --disk
+    /// aoe://...`, anything that works with vblade) until SIGINT or SIGTERM.
+    AoeExport(Box<AoeExportArgs>),
     /// Ask a running vblkd, through its control socket, what it serves and how it is doing.
     Ctl(CtlArgs),
     /// Measure a vhost-user-blk daemon: runs the vblkd-bench program installed beside vblkd
@@ -224,6 +228,69 @@ struct ServeArgs {
     group: Option<libc::gid_t>,
 }
 
+#[derive(Args)]
+struct AoeExportArgs {
+    /// The network interface to serve on; repeat it to serve every disk on several.
+    #[arg(long = "interface", short = 'i', value_name = "IFACE", required = true)]
+    interfaces: Vec<String>,
+    /// The disks, each as e<shelf>.<slot>=DISK (what Linux's aoe driver calls
+    /// /dev/etherd/e<shelf>.<slot>); DISK is a file, a block device, null:SIZE or
+    /// rbd:POOL/IMAGE, as `serve --disk` takes it.
+    #[arg(value_name = "e<shelf>.<slot>=DISK", required = true)]
+    exports: Vec<ExportSpec>,
+    /// Files: create each file with this size, or grow it (sparse); suffixes K, M, G, T.
+    #[arg(long, value_name = "BYTES", value_parser = size::parse)]
+    size: Option<u64>,
+    /// Files: the I/O engine, as QEMU's aio= option [default: io_uring].
+    #[arg(long, value_parser = PossibleValuesParser::new(AioMode::VARIANTS)
+        .map(|s| s.parse::<AioMode>().expect("a listed value")))]
+    aio: Option<AioMode>,
+    /// Files: host cache mode, as QEMU's cache= option [default: none]. Linux's aoe driver
+    /// never sends FLUSH CACHE: for its writes to be durable when they complete, use
+    /// writethrough or directsync.
+    #[arg(long, value_parser = PossibleValuesParser::new(CacheMode::VARIANTS)
+        .map(|s| s.parse::<CacheMode>().expect("a listed value")))]
+    cache: Option<CacheMode>,
+    /// Files with --aio threads: threads per disk and interface [default: 16].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
+    /// Refuse writes (ATA ABRT); initiators see a read-only disk.
+    #[arg(long)]
+    read_only: bool,
+    /// Commands each disk holds at once, as announced to initiators (vblade's -b).
+    #[arg(long, value_name = "N", default_value_t = vblkd::export::DEFAULT_BUFFER_COUNT,
+        value_parser = clap::value_parser!(u16).range(1..=4096))]
+    buffers: u16,
+    /// Files and block devices: lock each image as QEMU does [default: auto].
+    #[arg(long, value_parser = PossibleValuesParser::new(Locking::VARIANTS)
+        .map(|s| s.parse::<Locking>().expect("a listed value")))]
+    locking: Option<Locking>,
+    /// System call filters, as for `serve`.
+    #[arg(long, default_value = "kill", value_parser = PossibleValuesParser::new(SeccompMode::VARIANTS)
+        .map(|s| s.parse::<SeccompMode>().expect("a listed value")))]
+    seccomp: SeccompMode,
+}
+
+impl From<AoeExportArgs> for AoeExportConfig {
+    fn from(args: AoeExportArgs) -> Self {
+        AoeExportConfig {
+            interfaces: args.interfaces,
+            exports: args.exports,
+            disk_options: DiskOptions {
+                read_only: args.read_only,
+                size: args.size,
+                aio: args.aio,
+                cache: args.cache,
+                threads: args.threads,
+                locking: args.locking,
+                ..DiskOptions::default()
+            },
+            buffer_count: args.buffers,
+            seccomp: args.seccomp,
+        }
+    }
+}
+
 fn parse_limits(s: &str) -> Result<ThrottleConfig, String> {
     s.parse().map_err(|e: ThrottleError| e.to_string())
 }
@@ -337,6 +404,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         Command::Serve(args) => commands::serve((*args).into()),
+        Command::AoeExport(args) => commands::aoe_export((*args).into()),
         Command::Ctl(args) => {
             commands::ctl(&args.control, &args.command.into(), args.json).map_err(Into::into)
         }

@@ -28,7 +28,7 @@ pub use file::{AioMode, CacheMode, FileDisk};
 pub use lock::Locking;
 pub use null::NullDisk;
 pub use rbd::RbdDisk;
-pub use spec::{open, DiskKind, DiskOption, DiskOptions, DiskSpec, OpenError};
+pub use spec::{open, DiskKind, DiskOption, DiskOptions, DiskSpec, OpenError, SpecError};
 
 /// Longest serial number virtio-blk's GET_ID can return.
 pub const SERIAL_LEN: usize = 20;

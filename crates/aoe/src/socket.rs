@@ -14,7 +14,17 @@ use std::time::Duration;
 
 use vmm_sys_util::syscall::SyscallReturnCode;
 
-use super::frame::{Mac, ATA_HEADER_LEN, ETHERTYPE};
+use super::frame::{Mac, ATA_HEADER_LEN, ETHERTYPE, FLAG_RESPONSE};
+
+/// One classic BPF instruction.
+fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: u16::try_from(code).expect("classic BPF opcodes are 16 bits"),
+        jt,
+        jf,
+        k,
+    }
+}
 
 pub struct RawSocket {
     fd: OwnedFd,
@@ -114,28 +124,43 @@ impl RawSocket {
     /// interface gets a copy of every AoE frame, and without this filter each queue's engine
     /// would be woken for (and copy) the replies meant for the others.
     pub fn accept_only_tag_prefix(&self, prefix: u8) -> io::Result<()> {
-        // Classic BPF: load the byte at offset 20 (the tag's most significant byte); keep the
-        // frame if it equals `prefix`, drop it otherwise.
-        let instruction = |code: u32, jt, jf, k| libc::sock_filter {
-            code: u16::try_from(code).expect("classic BPF opcodes are 16 bits"),
-            jt,
-            jf,
-            k,
-        };
-        let program = [
-            instruction(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 20),
-            instruction(
+        // Keep the frame if the byte at offset 20 (the tag's most significant) is `prefix`.
+        self.accept_only(&[
+            bpf(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 20),
+            bpf(
                 libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
                 0,
                 1,
                 u32::from(prefix),
             ),
-            instruction(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
-            instruction(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
-        ];
+        ])
+    }
+
+    /// Lets through only requests (no response flag): a packet socket also sees the frames
+    /// sent on its interface, and a target would otherwise copy every reply it sends, data
+    /// and all, back into its own receive ring.
+    pub fn accept_only_requests(&self) -> io::Result<()> {
+        // Keep the frame if byte 14 (version and flags) has no response bit.
+        self.accept_only(&[
+            bpf(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 14),
+            bpf(
+                libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K,
+                1,
+                0,
+                u32::from(FLAG_RESPONSE),
+            ),
+        ])
+    }
+
+    /// Attaches a classic BPF filter made of `test`, whose last jump goes to the next
+    /// instruction to keep the frame and skips it to drop it.
+    fn accept_only(&self, test: &[libc::sock_filter]) -> io::Result<()> {
+        let mut program = test.to_vec();
+        program.push(bpf(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX));
+        program.push(bpf(libc::BPF_RET | libc::BPF_K, 0, 0, 0));
         let fprog = libc::sock_fprog {
-            len: 4,
-            filter: program.as_ptr() as *mut libc::sock_filter,
+            len: u16::try_from(program.len()).expect("a few instructions"),
+            filter: program.as_mut_ptr(),
         };
         // The kernel copies the program, so `fprog` need only live through the call.
         self.set_option(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)?;

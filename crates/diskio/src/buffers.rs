@@ -56,6 +56,26 @@ impl DataBuffers {
         }
     }
 
+    /// The first `len` bytes of `buffer`; [`Self::into_aligned`] gives back all of it.
+    ///
+    /// # Panics
+    /// If `len` is more than the buffer holds.
+    pub fn aligned_prefix(buffer: AlignedBuffer, len: usize) -> Self {
+        let whole = *buffer.iovec();
+        assert!(
+            len <= whole.iov_len,
+            "{len} bytes from a buffer of {}",
+            whole.iov_len
+        );
+        DataBuffers {
+            iovecs: vec![libc::iovec {
+                iov_base: whole.iov_base,
+                iov_len: len,
+            }],
+            owner: Owner::Aligned(buffer),
+        }
+    }
+
     /// The buffers, valid while `self` lives.
     pub fn iovecs(&self) -> &[libc::iovec] {
         &self.iovecs
