@@ -44,7 +44,9 @@ dpkg -x "$deb" "$work/pkg"
 root=$work/root
 mkdir -p "$root"/{bin,dev,proc,sys,modules}
 cp /bin/busybox "$root/bin/busybox"
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+# virtio_net (after failover, net_failover) and aoe make the guest an AoE initiator.
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk \
+    failover net_failover virtio_net aoe; do
     ko=$(find "$work/pkg/lib/modules" -name "$m.ko" | head -1)
     [[ -n $ko ]] || fail "$pkg has no $m.ko"
     cp "$ko" "$root/modules/"

@@ -13,7 +13,9 @@ use serde_json::Value;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::disk::{DiskError, DiskKind, DiskOptions, DiskSpec, OpenError};
-use crate::export::{self, ExportDisk, ExportSpec, Interface};
+use crate::export::{
+    self, ExportDisk, ExportSpec, ExportedStatus, Exporting, Interface, InterfaceInfo,
+};
 use crate::queue::controls::ErrorPolicy;
 use crate::queue::throttle::ThrottleConfig;
 use crate::sandbox::{self, Identity, SeccompMode};
@@ -175,6 +177,8 @@ pub struct AoeExportConfig {
     /// Commands each disk holds at once, as announced.
     pub buffer_count: u16,
     pub seccomp: SeccompMode,
+    /// Also serve a control socket here, for `vblkd ctl`.
+    pub control: Option<PathBuf>,
 }
 
 /// `vblkd aoe-export`: serves the disks to AoE initiators until SIGINT or SIGTERM, then
@@ -220,10 +224,16 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
         });
     }
     let mut interfaces = Vec::with_capacity(config.interfaces.len());
+    let mut described = Vec::with_capacity(config.interfaces.len());
     for (index, name) in config.interfaces.iter().enumerate() {
         let index = u16::try_from(index).map_err(|_| "too many interfaces")?;
         let interface = Interface::open(name, index, &disks)?;
         let (mac, max_sectors) = interface.describe();
+        described.push(InterfaceInfo {
+            name: name.clone(),
+            mac: export::mac_text(&mac),
+            sectors_per_frame: max_sectors,
+        });
         for (spec, disk) in config.exports.iter().zip(&disks) {
             log::info!(
                 "exporting {} as e{}.{} on {name} ({}, {max_sectors} sectors per frame, {} buffers): {} bytes{}",
@@ -250,7 +260,43 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
     } else {
         DiskKind::File
     };
-    sandbox::restrict_paths(sandbox::paths_ruleset(kind, &[])?)?;
+    let control = match &config.control {
+        Some(path) => Some((path, control::bind(path)?)),
+        None => None,
+    };
+    let socket_dirs: Vec<&Path> = config
+        .control
+        .iter()
+        .filter_map(|p| p.parent())
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }
+        })
+        .collect();
+    sandbox::restrict_paths(sandbox::paths_ruleset(kind, &socket_dirs)?)?;
+    if let Some((path, socket)) = control {
+        let exporting = Exporting {
+            exports: config
+                .exports
+                .iter()
+                .zip(&disks)
+                .map(|(spec, d)| ExportedStatus {
+                    shelf: spec.shelf,
+                    slot: spec.slot,
+                    disk_name: spec.disk.to_string(),
+                    disk: d.disk.clone(),
+                    counters: d.counters.clone(),
+                })
+                .collect(),
+            interfaces: described,
+            buffer_count: config.buffer_count,
+        };
+        control::spawn(path, socket, Arc::new(exporting))?;
+        log::info!("control socket on {}", path.display());
+    }
     notify::prepare();
     sandbox::lock_down(config.seccomp, kind)?;
     let threads = interfaces

@@ -269,6 +269,10 @@ struct AoeExportArgs {
     #[arg(long, default_value = "kill", value_parser = PossibleValuesParser::new(SeccompMode::VARIANTS)
         .map(|s| s.parse::<SeccompMode>().expect("a listed value")))]
     seccomp: SeccompMode,
+    /// Also serve a control socket here (mode 0600), for `vblkd ctl`: the exports, what each
+    /// has done, resize.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 impl From<AoeExportArgs> for AoeExportConfig {
@@ -287,6 +291,7 @@ impl From<AoeExportArgs> for AoeExportConfig {
             },
             buffer_count: args.buffers,
             seccomp: args.seccomp,
+            control: args.control,
         }
     }
 }

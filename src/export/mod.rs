@@ -37,8 +37,10 @@ use crate::engine::{AlignedBuffer, Completion, DataBuffers, Direction, Engine, I
 use crate::util::ratelimit::limited;
 
 mod spec;
+mod status;
 
 pub use spec::{ExportSpec, SpecError};
+pub use status::{ExportInfo, ExportStats, Exported as ExportedStatus, Exporting, InterfaceInfo};
 
 /// Commands each disk holds at once unless told otherwise: Linux's `aoe` driver keeps at most
 /// 64 frames outstanding per target (its `aoe_maxout`), and asks for no more than offered.

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use strum::VariantNames;
 
-use super::status::{Command, Failure, FailureClass, Greeting, Reply, Served, PROTOCOL};
+use super::status::{Command, Controlled, Failure, FailureClass, Greeting, Reply, PROTOCOL};
 
 /// The longest request line accepted.
 pub const MAX_LINE: usize = 64 << 10;
@@ -61,7 +61,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, ListenError> {
 
 /// Serves the control socket `listener` (bound at `path`) on a thread of its own for the
 /// life of the process.
-pub fn spawn(path: &Path, listener: UnixListener, served: Arc<Served>) -> Result<(), ListenError> {
+pub fn spawn(
+    path: &Path,
+    listener: UnixListener,
+    served: Arc<dyn Controlled>,
+) -> Result<(), ListenError> {
     let error = |source| ListenError {
         path: path.to_owned(),
         source,
@@ -83,7 +87,7 @@ pub fn spawn(path: &Path, listener: UnixListener, served: Arc<Served>) -> Result
                 let spawned = std::thread::Builder::new()
                     .name("vblkd-control-client".into())
                     .spawn(move || {
-                        if let Err(e) = serve_client(&stream, &served) {
+                        if let Err(e) = serve_client(&stream, &*served) {
                             log::debug!("control connection ended: {e}");
                         }
                         clients.fetch_sub(1, Ordering::AcqRel);
@@ -105,7 +109,7 @@ fn send(out: &mut impl Write, message: &impl Serialize) -> io::Result<()> {
     out.write_all(&line)
 }
 
-fn serve_client(stream: &UnixStream, served: &Served) -> io::Result<()> {
+fn serve_client(stream: &UnixStream, served: &dyn Controlled) -> io::Result<()> {
     stream.set_read_timeout(Some(IDLE))?;
     stream.set_write_timeout(Some(IDLE))?;
     let mut writer = stream;
@@ -134,9 +138,9 @@ fn serve_client(stream: &UnixStream, served: &Served) -> io::Result<()> {
 }
 
 /// The reply to one request line.
-pub fn answer(line: &[u8], served: &Served) -> Reply<Value> {
-    match parse(line) {
-        Ok(command) => execute(&command, served),
+pub fn answer(line: &[u8], served: &dyn Controlled) -> Reply<Value> {
+    match parse(line).and_then(|command| served.execute(&command)) {
+        Ok(value) => Reply::Return(value),
         Err(failure) => Reply::Error(failure),
     }
 }
@@ -164,34 +168,6 @@ fn parse(line: &[u8]) -> Result<Command, Failure> {
             FailureClass::InvalidRequest,
             format!("bad arguments to {name}: {e}"),
         )
-    })
-}
-
-fn execute(command: &Command, served: &Served) -> Reply<Value> {
-    let result = match command {
-        Command::Info => Ok(to_value(served.info())),
-        Command::Stats => Ok(to_value(served.stats())),
-        Command::Resize { size } => served
-            .resize(*size)
-            .map(to_value)
-            .map_err(|desc| Failure::new(FailureClass::ResizeFailed, desc)),
-        Command::SetLimits(limits) => Ok(to_value(served.set_limits(limits.clone()))),
-        Command::Resume => served
-            .resume()
-            .map(to_value)
-            .map_err(|desc| Failure::new(FailureClass::NotPaused, desc)),
-    };
-    match result {
-        Ok(value) => Reply::Return(value),
-        Err(failure) => Reply::Error(failure),
-    }
-}
-
-/// A reply as JSON. Replies are plain data with string keys, which always convert.
-fn to_value(reply: impl Serialize) -> Value {
-    serde_json::to_value(reply).unwrap_or_else(|e| {
-        log::error!("cannot encode a control reply: {e}");
-        Value::Null
     })
 }
 

@@ -130,6 +130,38 @@ pub enum Command {
     Resume,
 }
 
+/// What answers the control socket's commands: the vhost-user daemon ([`Served`]) or the AoE
+/// target (`crate::export::Exporting`). Each says what it does not do.
+pub trait Controlled: Send + Sync {
+    fn execute(&self, command: &Command) -> Result<serde_json::Value, Failure>;
+}
+
+/// A reply as JSON. Replies are plain data with string keys, which always convert.
+pub fn to_value(reply: impl Serialize) -> serde_json::Value {
+    serde_json::to_value(reply).unwrap_or_else(|e| {
+        log::error!("cannot encode a control reply: {e}");
+        serde_json::Value::Null
+    })
+}
+
+impl Controlled for Served {
+    fn execute(&self, command: &Command) -> Result<serde_json::Value, Failure> {
+        match command {
+            Command::Info => Ok(to_value(self.info())),
+            Command::Stats => Ok(to_value(self.stats())),
+            Command::Resize { size } => self
+                .resize(*size)
+                .map(to_value)
+                .map_err(|desc| Failure::new(FailureClass::ResizeFailed, desc)),
+            Command::SetLimits(limits) => Ok(to_value(self.set_limits(limits.clone()))),
+            Command::Resume => self
+                .resume()
+                .map(to_value)
+                .map_err(|desc| Failure::new(FailureClass::NotPaused, desc)),
+        }
+    }
+}
+
 /// A reply: `{"return": ...}` or `{"error": {"class": ..., "desc": ...}}`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,6 +188,8 @@ pub enum FailureClass {
     ResizeFailed,
     /// `resume` on a disk that is not paused.
     NotPaused,
+    /// A command that does not apply to what is running (I/O limits on an AoE target).
+    Unsupported,
     /// The line is longer than the protocol allows; the connection is closed.
     LineTooLong,
     /// Too many control connections; this one is closed.

@@ -22,21 +22,37 @@ use support::{first_difference, pattern_byte, Client, Daemon, Rng};
 use vblkd::queue::Counter;
 use vblkd::service::status::Stats;
 
-const DISK_BYTES: usize = 64 << 20;
+pub(crate) const DISK_BYTES: usize = 64 << 20;
 const SHELF: &str = "3";
 const SLOT: &str = "7";
 
-/// Two namespaces, a veth pair between them, vblade on one end. A lossy rig puts a relay
-/// namespace in the middle instead (see [`Relay`]).
-struct Rig {
+/// What serves the disk on the target's end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TargetKind {
+    Vblade,
+    /// `vblkd aoe-export` with these extra arguments.
+    Vblkd(Vec<String>),
+}
+
+/// The target that runs now.
+enum RunningTarget {
+    Vblade(Child),
+    Vblkd(Daemon),
+}
+
+/// Two namespaces, a veth pair between them, a target (vblade, or vblkd's own) on one end. A
+/// lossy rig puts a relay namespace in the middle instead (see [`Relay`]).
+pub(crate) struct Rig {
     ns_target: String,
-    ns_initiator: String,
+    pub(crate) ns_initiator: String,
     ns_relay: Option<String>,
     if_target: String,
     if_initiator: String,
-    file: PathBuf,
-    vblade: Option<Child>,
-    relay: Option<Relay>,
+    pub(crate) file: PathBuf,
+    dir: PathBuf,
+    kind: TargetKind,
+    target: Option<RunningTarget>,
+    pub(crate) relay: Option<Relay>,
 }
 
 /// Runs a network or vblade command; these tests need root.
@@ -69,15 +85,16 @@ fn veth(ns_a: &str, dev_a: &str, ns_b: &str, dev_b: &str, mtu: u32) {
 
 impl Rig {
     fn new(dir: &Path, mtu: u32) -> Rig {
-        Self::build(dir, mtu, false)
+        Self::build(dir, mtu, false, TargetKind::Vblade)
     }
 
     /// A rig whose path drops, duplicates and reorders frames.
     fn lossy(dir: &Path, mtu: u32) -> Rig {
-        Self::build(dir, mtu, true)
+        Self::build(dir, mtu, true, TargetKind::Vblade)
     }
 
-    fn build(dir: &Path, mtu: u32, lossy: bool) -> Rig {
+    /// A rig with `kind` as its target, on a lossy path if `lossy`.
+    pub(crate) fn build(dir: &Path, mtu: u32, lossy: bool, kind: TargetKind) -> Rig {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = format!(
             "{}x{}",
@@ -91,7 +108,9 @@ impl Rig {
             if_target: "aoe-t".into(),
             if_initiator: "aoe-i".into(),
             file: dir.join("vblade.img"),
-            vblade: None,
+            dir: dir.to_owned(),
+            kind,
+            target: None,
             relay: None,
         };
         run(&["ip", "netns", "add", &rig.ns_target]);
@@ -113,8 +132,45 @@ impl Rig {
         }
         let data: Vec<u8> = (0..DISK_BYTES).map(|i| pattern_byte(i, 7)).collect();
         std::fs::write(&rig.file, data).unwrap();
-        rig.start_vblade();
+        rig.start_target();
         rig
+    }
+
+    /// Starts the rig's target; vblkd's is ready (READY=1) when this returns.
+    pub(crate) fn start_target(&mut self) {
+        let TargetKind::Vblkd(extra) = &self.kind else {
+            self.start_vblade();
+            return;
+        };
+        let export = format!("e{SHELF}.{SLOT}={}", self.file.display());
+        let mut args = vec!["--interface", &self.if_target, &export];
+        args.extend(extra.iter().map(String::as_str));
+        let wrapper = ["ip", "netns", "exec", &self.ns_target];
+        self.target = Some(RunningTarget::Vblkd(Daemon::export_with(
+            &wrapper, &self.dir, &args,
+        )));
+    }
+
+    /// The running vblkd target.
+    pub(crate) fn exporter(&self) -> &Daemon {
+        match &self.target {
+            Some(RunningTarget::Vblkd(daemon)) => daemon,
+            _ => panic!("the rig's target is not vblkd"),
+        }
+    }
+
+    /// Stops the target (vblkd's with SIGTERM, checked to exit cleanly) and makes `kind` the
+    /// one [`Rig::start_target`] starts.
+    pub(crate) fn switch_target(&mut self, kind: TargetKind) {
+        match self.target.take() {
+            Some(RunningTarget::Vblkd(daemon)) => assert!(daemon.stop().success()),
+            Some(RunningTarget::Vblade(child)) => {
+                self.target = Some(RunningTarget::Vblade(child));
+                self.kill_vblade();
+            }
+            None => {}
+        }
+        self.kind = kind;
     }
 
     fn start_vblade(&mut self) {
@@ -133,11 +189,11 @@ impl Rig {
             .stderr(Stdio::null())
             .spawn()
             .expect("vblade starts (apt-get install vblade)");
-        self.vblade = Some(child);
+        self.target = Some(RunningTarget::Vblade(child));
     }
 
     fn kill_vblade(&mut self) {
-        if let Some(mut v) = self.vblade.take() {
+        if let Some(RunningTarget::Vblade(mut v)) = self.target.take() {
             let _ = v.kill();
             let _ = v.wait();
         }
@@ -148,7 +204,7 @@ impl Rig {
     }
 
     /// vblkd in the initiator namespace, serving the target.
-    fn daemon(&self, dir: &Path, extra: &[&str]) -> Daemon {
+    pub(crate) fn daemon(&self, dir: &Path, extra: &[&str]) -> Daemon {
         let address = self.address();
         let mut args = vec!["--disk", &address, "--num-queues", "2"];
         args.extend_from_slice(extra);
@@ -159,6 +215,7 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         self.kill_vblade();
+        drop(self.target.take());
         if let Some(relay) = self.relay.take() {
             relay.stop();
         }
@@ -178,17 +235,17 @@ impl Drop for Rig {
 /// A lossy path, as netem would make it (this kernel has no netem): a thread in the relay
 /// namespace forwards AoE frames between its two links, dropping 5 %, duplicating 2 % and
 /// holding 25 % back behind the next frame in the same direction.
-struct Relay {
+pub(crate) struct Relay {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<RelayStats>,
 }
 
 #[derive(Debug, Default)]
-struct RelayStats {
+pub(crate) struct RelayStats {
     forwarded: usize,
-    dropped: usize,
-    duplicated: usize,
-    reordered: usize,
+    pub(crate) dropped: usize,
+    pub(crate) duplicated: usize,
+    pub(crate) reordered: usize,
 }
 
 impl Relay {
@@ -257,7 +314,7 @@ impl Relay {
         Relay { stop, thread }
     }
 
-    fn stop(self) -> RelayStats {
+    pub(crate) fn stop(self) -> RelayStats {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
     }
@@ -265,7 +322,7 @@ impl Relay {
 
 /// Random I/O through vblkd; then the disk read back through vblkd and the file vblade serves
 /// must both equal the model.
-fn verify_random_io(rig: &Rig, daemon: &Daemon) {
+pub(crate) fn verify_random_io(rig: &Rig, daemon: &Daemon) {
     let mut model = std::fs::read(&rig.file).unwrap();
     let mut client = Client::connect(&daemon.socket, 2, false, BUFFER_BYTES).unwrap();
     assert_eq!(client.capacity(), DISK_BYTES as u64);
@@ -279,7 +336,7 @@ fn verify_random_io(rig: &Rig, daemon: &Daemon) {
     drop(client);
     let file = std::fs::read(&rig.file).unwrap();
     if let Some(at) = first_difference(&file, &model) {
-        panic!("the file vblade serves differs from what was written at byte {at}");
+        panic!("the file the target serves differs from what was written at byte {at}");
     }
 }
 

@@ -11,6 +11,7 @@
 extern crate vblkd_test_support as support;
 
 mod aoe;
+mod aoe_target;
 mod bench_smoke;
 mod blkio_client;
 mod block_device;

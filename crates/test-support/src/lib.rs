@@ -120,8 +120,27 @@ impl Daemon {
     /// Like [`Daemon::start`], run through `wrapper` (e.g. `ip netns exec NS`), which must
     /// exec vblkd in its own process.
     pub fn start_with(wrapper: &[&str], dir: &Path, args: &[&str]) -> Daemon {
-        static STARTED: AtomicUsize = AtomicUsize::new(0);
         let socket = dir.join("vblkd.sock");
+        let serve = ["serve".as_ref(), "--socket".as_ref(), socket.as_os_str()];
+        Self::launch(wrapper, dir, &serve, args, socket.clone())
+    }
+
+    /// Starts `vblkd aoe-export ARGS...` through `wrapper` (e.g. `ip netns exec NS`) and waits
+    /// until it serves.
+    pub fn export_with(wrapper: &[&str], dir: &Path, args: &[&str]) -> Daemon {
+        Self::launch(wrapper, dir, &["aoe-export".as_ref()], args, PathBuf::new())
+    }
+
+    /// Starts `vblkd SUBCOMMAND... ARGS...` (with a control socket of the test's own unless
+    /// ARGS has one) and waits for its READY=1; `socket` is where its frontends connect.
+    fn launch(
+        wrapper: &[&str],
+        dir: &Path,
+        subcommand: &[&std::ffi::OsStr],
+        args: &[&str],
+        socket: PathBuf,
+    ) -> Daemon {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
         // Readiness is the daemon's READY=1 (sd_notify), sent once its socket listens.
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let ready = NotifySocket::bind(&dir.join(format!("notify-{n}.sock"))).unwrap();
@@ -140,7 +159,7 @@ impl Daemon {
             }
             None => Command::new(vblkd_bin()),
         };
-        command.arg("serve").arg("--socket").arg(&socket).args(args);
+        command.args(subcommand).args(args);
         if given.is_none() {
             command.arg("--control").arg(&control);
         }

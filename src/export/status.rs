@@ -1,0 +1,148 @@
+//! What `aoe-export` tells its control socket: the exports (`info`), what each has done
+//! (`stats`), and `resize`, whose new size initiators read at their next IDENTIFY.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::ExportCounters;
+use crate::disk::{Disk, Resized};
+use crate::service::status::{to_value, Command, Controlled, Failure, FailureClass};
+
+/// One export, as the control socket sees it.
+pub struct Exported {
+    pub shelf: u16,
+    pub slot: u8,
+    /// What was named to export (the disk as `serve --disk` would name it).
+    pub disk_name: String,
+    pub disk: Arc<dyn Disk>,
+    pub counters: Arc<ExportCounters>,
+}
+
+/// An interface served on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceInfo {
+    pub name: String,
+    pub mac: String,
+    pub sectors_per_frame: u8,
+}
+
+/// What a running target serves.
+pub struct Exporting {
+    pub exports: Vec<Exported>,
+    pub interfaces: Vec<InterfaceInfo>,
+    pub buffer_count: u16,
+}
+
+/// What `info` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportInfo {
+    pub version: String,
+    pub interfaces: Vec<InterfaceInfo>,
+    pub buffer_count: u16,
+    pub exports: Vec<ExportEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportEntry {
+    /// `e<shelf>.<slot>`.
+    pub name: String,
+    pub disk: String,
+    pub capacity: u64,
+    pub read_only: bool,
+    pub image_lock: Option<String>,
+}
+
+/// What `stats` answers: each export's counters, by `e<shelf>.<slot>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportStats {
+    pub exports: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// What `resize` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportResized {
+    pub export: String,
+    #[serde(flatten)]
+    pub resized: Resized,
+}
+
+impl Exported {
+    fn name(&self) -> String {
+        format!("e{}.{}", self.shelf, self.slot)
+    }
+}
+
+impl Exporting {
+    pub fn info(&self) -> ExportInfo {
+        ExportInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            interfaces: self.interfaces.clone(),
+            buffer_count: self.buffer_count,
+            exports: self
+                .exports
+                .iter()
+                .map(|e| ExportEntry {
+                    name: e.name(),
+                    disk: e.disk_name.clone(),
+                    capacity: e.disk.info().capacity.bytes(),
+                    read_only: e.disk.info().read_only,
+                    image_lock: e.disk.image_lock().map(str::to_owned),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn stats(&self) -> ExportStats {
+        ExportStats {
+            exports: self
+                .exports
+                .iter()
+                .map(|e| {
+                    let counters = e.counters.values().into_iter();
+                    (e.name(), counters.map(|(k, v)| (k.to_owned(), v)).collect())
+                })
+                .collect(),
+        }
+    }
+
+    /// Grows the one export (the protocol's resize names no disk): initiators see the new
+    /// size at their next IDENTIFY (Linux's aoe driver: `aoe-revalidate`, or a new discovery).
+    pub fn resize(&self, size: Option<u64>) -> Result<ExportResized, String> {
+        let [export] = &self.exports[..] else {
+            return Err(format!(
+                "resize grows the one disk of a target that exports one; this one exports {}",
+                self.exports.len()
+            ));
+        };
+        let resized = crate::disk::resize(&*export.disk, size).map_err(|e| e.to_string())?;
+        log::info!(
+            "{} resized from {} to {} bytes",
+            export.name(),
+            resized.previous,
+            resized.capacity
+        );
+        Ok(ExportResized {
+            export: export.name(),
+            resized,
+        })
+    }
+}
+
+impl Controlled for Exporting {
+    fn execute(&self, command: &Command) -> Result<serde_json::Value, Failure> {
+        match command {
+            Command::Info => Ok(to_value(self.info())),
+            Command::Stats => Ok(to_value(self.stats())),
+            Command::Resize { size } => self
+                .resize(*size)
+                .map(to_value)
+                .map_err(|desc| Failure::new(FailureClass::ResizeFailed, desc)),
+            Command::SetLimits(_) | Command::Resume => Err(Failure::new(
+                FailureClass::Unsupported,
+                "an AoE target has no I/O limits or error policy; initiators pace themselves",
+            )),
+        }
+    }
+}
