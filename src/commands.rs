@@ -179,6 +179,8 @@ pub struct AoeExportConfig {
     pub seccomp: SeccompMode,
     /// Also serve a control socket here, for `vblkd ctl`.
     pub control: Option<PathBuf>,
+    /// Also serve Prometheus metrics at this address.
+    pub metrics: Option<String>,
 }
 
 /// `vblkd aoe-export`: serves the disks to AoE initiators until SIGINT or SIGTERM, then
@@ -277,8 +279,8 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
         })
         .collect();
     sandbox::restrict_paths(sandbox::paths_ruleset(kind, &socket_dirs)?)?;
-    if let Some((path, socket)) = control {
-        let exporting = Exporting {
+    {
+        let exporting = Arc::new(Exporting {
             exports: config
                 .exports
                 .iter()
@@ -293,9 +295,15 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
                 .collect(),
             interfaces: described,
             buffer_count: config.buffer_count,
-        };
-        control::spawn(path, socket, Arc::new(exporting))?;
-        log::info!("control socket on {}", path.display());
+        });
+        if let Some((path, socket)) = control {
+            control::spawn(path, socket, exporting.clone())?;
+            log::info!("control socket on {}", path.display());
+        }
+        if let Some(addr) = &config.metrics {
+            crate::service::metrics::spawn(addr, Arc::new(move || exporting.metrics()))?;
+            log::info!("metrics on http://{addr}/metrics");
+        }
     }
     notify::prepare();
     sandbox::lock_down(config.seccomp, kind)?;

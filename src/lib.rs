@@ -5,7 +5,8 @@
 //! librbd or an AoE initiator, chosen by the [`disk`] backend) → completion fd → [`queue`]
 //! (status byte, used ring, one call-fd signal per batch). [`frontend`] is the vhost-user face
 //! of it all; [`service`] the accept/serve/drain loop and the control socket, metrics and
-//! systemd protocols around it; [`commands`] what each subcommand of the `vblkd` program does.
+//! systemd protocols around it; [`export`] the other way round, disks served to ATA-over-Ethernet
+//! initiators; [`commands`] what each subcommand of the `vblkd` program does.
 //! See `docs/architecture.md` for the whole story.
 //!
 //! The modules are layers, and each uses only the ones below it:
@@ -13,6 +14,7 @@
 //! | layer | modules |
 //! |---|---|
 //! | subcommands | [`commands`] |
+//! | AoE target | [`export`] (`vblkd aoe-export`: disks served to AoE initiators) |
 //! | service | [`service`] |
 //! | vhost-user frontend | [`frontend`] |
 //! | queue workers | [`queue`] |

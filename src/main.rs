@@ -273,6 +273,9 @@ struct AoeExportArgs {
     /// has done, resize.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Also serve what each export has done as Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
 }
 
 impl From<AoeExportArgs> for AoeExportConfig {
@@ -292,6 +295,7 @@ impl From<AoeExportArgs> for AoeExportConfig {
             buffer_count: args.buffers,
             seccomp: args.seccomp,
             control: args.control,
+            metrics: args.metrics,
         }
     }
 }

@@ -130,6 +130,46 @@ impl Exporting {
     }
 }
 
+impl Exporting {
+    /// The Prometheus text of what the exports have done: `vblkd_aoe_export_<counter>`, one
+    /// sample per export (label `export="e1.1"`).
+    pub fn metrics(&self) -> String {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::MetricType;
+
+        #[derive(Debug)]
+        struct Snapshot(ExportStats);
+        impl prometheus_client::collector::Collector for Snapshot {
+            fn encode(
+                &self,
+                mut encoder: prometheus_client::encoding::DescriptorEncoder,
+            ) -> Result<(), std::fmt::Error> {
+                let Some(first) = self.0.exports.values().next() else {
+                    return Ok(());
+                };
+                for name in first.keys() {
+                    let help = format!("What each export has done: {}", name.replace('_', " "));
+                    let mut family =
+                        encoder.encode_descriptor(name, &help, None, MetricType::Counter)?;
+                    for (export, counters) in &self.0.exports {
+                        let labels = [("export", export.clone())];
+                        ConstCounter::new(counters.get(name).copied().unwrap_or(0))
+                            .encode(family.encode_family(&labels)?)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+        let mut registry = prometheus_client::registry::Registry::with_prefix("vblkd_aoe_export");
+        registry.register_collector(Box::new(Snapshot(self.stats())));
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
 impl Controlled for Exporting {
     fn execute(&self, command: &Command) -> Result<serde_json::Value, Failure> {
         match command {

@@ -298,7 +298,8 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         log::info!("control socket on {}", path.display());
     }
     if let Some(addr) = &opts.metrics {
-        metrics::spawn(addr, served.clone())?;
+        let served = served.clone();
+        metrics::spawn(addr, Arc::new(move || metrics::render(&served)))?;
         log::info!("metrics on http://{addr}/metrics");
     }
     notify::prepare();

@@ -164,8 +164,12 @@ pub struct MetricsError {
     source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// Serves `/metrics` on `addr` for the life of the process.
-pub fn spawn(addr: &str, served: Arc<Served>) -> Result<(), MetricsError> {
+/// Serves `/metrics` on `addr` for the life of the process, each scrape the text `render`
+/// makes (the vhost-user daemon's [`render`], the AoE target's own).
+pub fn spawn(
+    addr: &str,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> Result<(), MetricsError> {
     let server = tiny_http::Server::http(addr).map_err(|source| MetricsError {
         addr: addr.to_owned(),
         source,
@@ -180,7 +184,7 @@ pub fn spawn(addr: &str, served: Arc<Served>) -> Result<(), MetricsError> {
                         "text/plain; version=0.0.4; charset=utf-8",
                     )
                     .expect("a valid header");
-                    tiny_http::Response::from_string(render(&served)).with_header(content_type)
+                    tiny_http::Response::from_string(render()).with_header(content_type)
                 } else {
                     tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
                 };

@@ -43,7 +43,7 @@ enum RunningTarget {
 /// Two namespaces, a veth pair between them, a target (vblade, or vblkd's own) on one end. A
 /// lossy rig puts a relay namespace in the middle instead (see [`Relay`]).
 pub(crate) struct Rig {
-    ns_target: String,
+    pub(crate) ns_target: String,
     pub(crate) ns_initiator: String,
     ns_relay: Option<String>,
     if_target: String,
@@ -114,6 +114,8 @@ impl Rig {
             relay: None,
         };
         run(&["ip", "netns", "add", &rig.ns_target]);
+        // For a target's metrics endpoint on 127.0.0.1.
+        run(&["ip", "-n", &rig.ns_target, "link", "set", "lo", "up"]);
         run(&["ip", "netns", "add", &rig.ns_initiator]);
         match &rig.ns_relay {
             None => veth(
@@ -604,7 +606,7 @@ fn aoe_requests_in_flight_at_a_crash_are_resubmitted() {
 }
 
 /// Enters network namespace `ns` on the calling thread only.
-fn enter_netns(ns: &str) {
+pub(crate) fn enter_netns(ns: &str) {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
     // SAFETY: setns with a namespace fd we own; affects only this thread.
     let ret = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };

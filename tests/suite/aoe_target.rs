@@ -44,12 +44,48 @@ fn random_io_at_mtu(mtu: u32, sectors: u64, extra: &[&str]) {
     assert!(done["flushes"].as_u64() >= Some(1), "{done}");
     assert_eq!(done["io_errors"], 0, "{done}");
     assert_eq!(done["malformed"], 0, "{done}");
+    if let Some(at) = extra.iter().position(|a| *a == "--metrics") {
+        check_metrics(&rig, extra[at + 1], &done);
+    }
+}
+
+/// The target's metrics, scraped from inside its namespace, pass promtool and say what
+/// `ctl stats` says.
+fn check_metrics(rig: &Rig, addr: &str, done: &Value) {
+    let (ns, addr) = (rig.ns_target.clone(), addr.to_owned());
+    let body = std::thread::spawn(move || {
+        crate::aoe::enter_netns(&ns);
+        crate::control::scrape(&addr)
+    })
+    .join()
+    .unwrap();
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian package prometheus; scripts/setup installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}\n{body}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    for name in ["writes", "reads", "flushes"] {
+        let series = format!("vblkd_aoe_export_{name}_total{{export=\"e3.7\"}}");
+        assert_eq!(
+            Some(crate::control::sample(&body, &series)),
+            done[name].as_u64(),
+            "{body}"
+        );
+    }
 }
 
 #[test]
 #[ignore = "needs root and iproute2"]
 fn aoe_target_random_io_at_mtu_1500() {
-    random_io_at_mtu(1500, 2, &[]);
+    random_io_at_mtu(1500, 2, &["--metrics", "127.0.0.1:9464"]);
 }
 
 #[test]
@@ -221,4 +257,28 @@ fn aoe_target_serves_linux_aoe_driver() {
         std::fs::read(&read_only).unwrap() == ro_data,
         "e3.8 changed"
     );
+}
+
+/// `vblkd ctl resize` on the target grows the export; the initiator sees the new size at its
+/// next IDENTIFY (its own resize without a size asks again).
+#[test]
+#[ignore = "needs root and iproute2"]
+fn aoe_target_resize_is_seen_at_the_next_identify() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let rig = Rig::build(dir.path(), 1500, false, vblkd_target(&[]));
+    let daemon = rig.daemon(dir.path(), &[]);
+    assert_eq!(daemon.info().capacity, DISK_BYTES as u64);
+    let grown = 2 * DISK_BYTES as u64;
+    let reply = rig
+        .exporter()
+        .ctl(&ControlCommand::Resize { size: Some(grown) });
+    assert_eq!(reply["capacity"], grown, "{reply}");
+    assert_eq!(std::fs::metadata(&rig.file).unwrap().len(), grown);
+    daemon.ctl(&ControlCommand::Resize { size: None });
+    assert_eq!(daemon.info().capacity, grown);
+    // The new end is readable through the initiator.
+    let mut client = Client::connect(&daemon.socket, 1, false, 1 << 20).unwrap();
+    assert_eq!(client.read_sync(0, grown - 4096, 4096), 0);
+    drop(client);
+    assert!(daemon.stop().success());
 }
