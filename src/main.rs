@@ -57,6 +57,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Export disks to ATA-over-Ethernet initiators (Linux's aoe driver, `serve --disk
     /// aoe://...`, anything that works with vblade) until SIGINT or SIGTERM.
+    ///
+    /// Linux's aoe driver never sends FLUSH CACHE: for its writes to be durable when they
+    /// complete, export with --cache writethrough or directsync.
     AoeExport(Box<AoeExportArgs>),
     /// Ask a running vblkd, through its control socket, what it serves and how it is doing.
     Ctl(CtlArgs),
@@ -134,18 +137,8 @@ struct ServeArgs {
     /// rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER], a Ceph RBD image.
     #[arg(long, value_name = "DISK")]
     disk: DiskSpec,
-    /// Files: create the file with this size, or grow it (sparse); suffixes K, M, G, T
-    /// (powers of 1024).
-    #[arg(long, value_name = "BYTES", value_parser = size::parse)]
-    size: Option<u64>,
-    /// Files: the I/O engine, as QEMU's aio= option [default: io_uring].
-    #[arg(long, value_parser = PossibleValuesParser::new(AioMode::VARIANTS)
-        .map(|s| s.parse::<AioMode>().expect("a listed value")))]
-    aio: Option<AioMode>,
-    /// Files: host cache mode, as QEMU's cache= option [default: none].
-    #[arg(long, value_parser = PossibleValuesParser::new(CacheMode::VARIANTS)
-        .map(|s| s.parse::<CacheMode>().expect("a listed value")))]
-    cache: Option<CacheMode>,
+    #[command(flatten)]
+    file: FileArgs,
     /// Number of virtqueues, each served by its own thread and engine.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     num_queues: u16,
@@ -175,9 +168,6 @@ struct ServeArgs {
     /// [default: 10].
     #[arg(long, value_name = "SECS", value_parser = parse_connect_timeout)]
     connect_timeout: Option<Duration>,
-    /// Files with --aio threads: threads per queue [default: 16].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
-    threads: Option<u16>,
     /// Files with --aio io_uring and O_DIRECT (cache=none, directsync): register the guest's
     /// memory with each ring, for less CPU per request, if it is at most MAX bytes (suffixes K,
     /// M, G, T). This pins all of the guest's memory (faulting it in) while the frontend is
@@ -185,12 +175,6 @@ struct ServeArgs {
     /// pin.
     #[arg(long, value_name = "MAX", value_parser = size::parse)]
     fixed_buffers: Option<u64>,
-    /// Files and block devices: lock the image as QEMU does (OFD byte-range locks), so that
-    /// no two processes write it; off for a cluster file system that shares it on purpose
-    /// [default: auto: lock where the file system can].
-    #[arg(long, value_parser = PossibleValuesParser::new(Locking::VARIANTS)
-        .map(|s| s.parse::<Locking>().expect("a listed value")))]
-    locking: Option<Locking>,
     /// The destination of a live migration (as QEMU's -incoming): start without the image's
     /// locks, and take them when the frontend starts the device — after the source gave them
     /// up at the switch-over.
@@ -228,6 +212,33 @@ struct ServeArgs {
     group: Option<libc::gid_t>,
 }
 
+/// How a file or block device is opened and driven: `serve`'s and `aoe-export`'s.
+#[derive(Args)]
+struct FileArgs {
+    /// Files: create the file with this size, or grow it (sparse); suffixes K, M, G, T
+    /// (powers of 1024).
+    #[arg(long, value_name = "BYTES", value_parser = size::parse)]
+    size: Option<u64>,
+    /// Files: the I/O engine, as QEMU's aio= option [default: io_uring].
+    #[arg(long, value_parser = PossibleValuesParser::new(AioMode::VARIANTS)
+        .map(|s| s.parse::<AioMode>().expect("a listed value")))]
+    aio: Option<AioMode>,
+    /// Files: host cache mode, as QEMU's cache= option [default: none].
+    #[arg(long, value_parser = PossibleValuesParser::new(CacheMode::VARIANTS)
+        .map(|s| s.parse::<CacheMode>().expect("a listed value")))]
+    cache: Option<CacheMode>,
+    /// Files with --aio threads: threads per queue (aoe-export: per disk and interface)
+    /// [default: 16].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
+    /// Files and block devices: lock the image as QEMU does (OFD byte-range locks), so that
+    /// no two processes write it; off for a cluster file system that shares it on purpose
+    /// [default: auto: lock where the file system can].
+    #[arg(long, value_parser = PossibleValuesParser::new(Locking::VARIANTS)
+        .map(|s| s.parse::<Locking>().expect("a listed value")))]
+    locking: Option<Locking>,
+}
+
 #[derive(Args)]
 struct AoeExportArgs {
     /// The network interface to serve on; repeat it to serve every disk on several.
@@ -238,22 +249,8 @@ struct AoeExportArgs {
     /// rbd:POOL/IMAGE, as `serve --disk` takes it.
     #[arg(value_name = "e<shelf>.<slot>=DISK", required = true)]
     exports: Vec<ExportSpec>,
-    /// Files: create each file with this size, or grow it (sparse); suffixes K, M, G, T.
-    #[arg(long, value_name = "BYTES", value_parser = size::parse)]
-    size: Option<u64>,
-    /// Files: the I/O engine, as QEMU's aio= option [default: io_uring].
-    #[arg(long, value_parser = PossibleValuesParser::new(AioMode::VARIANTS)
-        .map(|s| s.parse::<AioMode>().expect("a listed value")))]
-    aio: Option<AioMode>,
-    /// Files: host cache mode, as QEMU's cache= option [default: none]. Linux's aoe driver
-    /// never sends FLUSH CACHE: for its writes to be durable when they complete, use
-    /// writethrough or directsync.
-    #[arg(long, value_parser = PossibleValuesParser::new(CacheMode::VARIANTS)
-        .map(|s| s.parse::<CacheMode>().expect("a listed value")))]
-    cache: Option<CacheMode>,
-    /// Files with --aio threads: threads per disk and interface [default: 16].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
-    threads: Option<u16>,
+    #[command(flatten)]
+    file: FileArgs,
     /// Refuse writes (ATA ABRT); initiators see a read-only disk.
     #[arg(long)]
     read_only: bool,
@@ -261,10 +258,6 @@ struct AoeExportArgs {
     #[arg(long, value_name = "N", default_value_t = vblkd::export::DEFAULT_BUFFER_COUNT,
         value_parser = clap::value_parser!(u16).range(1..=4096))]
     buffers: u16,
-    /// Files and block devices: lock each image as QEMU does [default: auto].
-    #[arg(long, value_parser = PossibleValuesParser::new(Locking::VARIANTS)
-        .map(|s| s.parse::<Locking>().expect("a listed value")))]
-    locking: Option<Locking>,
     /// System call filters, as for `serve`.
     #[arg(long, default_value = "kill", value_parser = PossibleValuesParser::new(SeccompMode::VARIANTS)
         .map(|s| s.parse::<SeccompMode>().expect("a listed value")))]
@@ -285,11 +278,11 @@ impl From<AoeExportArgs> for AoeExportConfig {
             exports: args.exports,
             disk_options: DiskOptions {
                 read_only: args.read_only,
-                size: args.size,
-                aio: args.aio,
-                cache: args.cache,
-                threads: args.threads,
-                locking: args.locking,
+                size: args.file.size,
+                aio: args.file.aio,
+                cache: args.file.cache,
+                threads: args.file.threads,
+                locking: args.file.locking,
                 ..DiskOptions::default()
             },
             buffer_count: args.buffers,
@@ -369,14 +362,14 @@ impl From<ServeArgs> for ServeConfig {
                 read_only: args.read_only,
                 serial: args.serial,
                 logical_block_size: args.logical_block_size,
-                size: args.size,
-                aio: args.aio,
-                cache: args.cache,
-                threads: args.threads,
+                size: args.file.size,
+                aio: args.file.aio,
+                cache: args.file.cache,
+                threads: args.file.threads,
                 fixed_buffers: args.fixed_buffers,
                 aoe_deadline: args.aoe_deadline,
                 connect_timeout: args.connect_timeout,
-                locking: args.locking,
+                locking: args.file.locking,
                 incoming: args.incoming,
             },
             num_queues: args.num_queues,

@@ -29,14 +29,8 @@ impl std::str::FromStr for ExportSpec {
     fn from_str(s: &str) -> Result<Self, SpecError> {
         let bad = || SpecError::Syntax(s.to_owned());
         let (address, disk) = s.split_once('=').ok_or_else(bad)?;
-        let (shelf, slot) = address
-            .strip_prefix('e')
-            .and_then(|a| a.split_once('.'))
-            .ok_or_else(bad)?;
-        let shelf: u16 = shelf.parse().map_err(|_| bad())?;
-        let slot: u8 = slot.parse().map_err(|_| bad())?;
-        // 0xffff and 0xff are the broadcast shelf and slot.
-        if shelf == u16::MAX || slot == u8::MAX || disk.is_empty() {
+        let (shelf, slot) = aoe::parse_target_name(address).ok_or_else(bad)?;
+        if disk.is_empty() {
             return Err(bad());
         }
         let disk = disk.parse().map_err(|source| SpecError::Disk {

@@ -157,3 +157,29 @@ fn options_that_do_not_apply_to_the_disk_are_refused() {
         assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
     }
 }
+
+/// `aoe-export`'s mistakes are named before any socket is opened.
+#[test]
+fn bad_exports_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let export = |extra: &[&str]| {
+        let mut args = vec!["aoe-export", "--interface", "lo"];
+        args.extend_from_slice(extra);
+        let (code, stderr) = run_vblkd(&args);
+        assert_eq!(code, 2, "exit status for {extra:?}; stderr: {stderr}");
+        stderr
+    };
+    let e = export(&["1.1=/x"]);
+    assert!(e.contains("write e<shelf>.<slot>=DISK"), "{e}");
+    let e = export(&["e1.255=/x"]);
+    assert!(e.contains("slot 0-254"), "{e}");
+    let one = format!("e1.1={}", img.display());
+    let e = export(&[&one, &one]);
+    assert!(e.contains("are both e1.1"), "{e}");
+    let e = export(&["e1.1=null:1M", "--aio", "native"]);
+    assert!(e.contains("--aio does not apply to a null disk"), "{e}");
+    let (code, stderr) = run_vblkd(&["aoe-export", &one]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--interface"), "{stderr}");
+}

@@ -468,13 +468,6 @@ mod tests {
 
         use super::*;
 
-        fn cases() -> u32 {
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(5000)
-        }
-
         /// Bytes that start like an AoE frame (ethertype and version right, or nearly) far
         /// more often than chance would have them.
         fn frame() -> impl Strategy<Value = Vec<u8>> {
@@ -519,7 +512,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(cases()))]
+            #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases()))]
 
             #[test]
             fn any_frame_is_decoded_safely(bytes in frame()) {

@@ -48,17 +48,28 @@ pub fn parse_address(s: &str) -> Result<(String, u16, u8), AoeError> {
     let bad = || AoeError::BadAddress(s.to_owned());
     let rest = s.strip_prefix("aoe://").ok_or_else(bad)?;
     let (iface, target) = rest.split_once('/').ok_or_else(bad)?;
-    let (shelf, slot) = target
-        .strip_prefix('e')
-        .and_then(|t| t.split_once('.'))
-        .ok_or_else(bad)?;
-    let shelf: u16 = shelf.parse().map_err(|_| bad())?;
-    let slot: u8 = slot.parse().map_err(|_| bad())?;
-    // 0xffff and 0xff are the broadcast shelf and slot, not a target.
-    if iface.is_empty() || shelf == u16::MAX || slot == u8::MAX {
+    let (shelf, slot) = parse_target_name(target).ok_or_else(bad)?;
+    if iface.is_empty() {
         return Err(bad());
     }
     Ok((iface.to_owned(), shelf, slot))
+}
+
+/// `e<shelf>.<slot>`, as the Linux driver names a target, → (shelf, slot); none for the
+/// broadcast shelf (0xffff) or slot (0xff), which are not a target.
+pub fn parse_target_name(s: &str) -> Option<(u16, u8)> {
+    let (shelf, slot) = s.strip_prefix('e')?.split_once('.')?;
+    let (shelf, slot): (u16, u8) = (shelf.parse().ok()?, slot.parse().ok()?);
+    (shelf != u16::MAX && slot != u8::MAX).then_some((shelf, slot))
+}
+
+/// How many cases the property tests run: `PROPTEST_CASES`, 5000 by default.
+#[cfg(test)]
+fn proptest_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000)
 }
 
 #[cfg(test)]

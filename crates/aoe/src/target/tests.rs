@@ -593,13 +593,6 @@ mod property {
 
     use super::*;
 
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5000)
-    }
-
     fn request() -> impl Strategy<Value = Vec<u8>> {
         (
             vec(any::<u8>(), 0..1200),
@@ -631,7 +624,7 @@ mod property {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(ProptestConfig::with_cases(crate::proptest_cases()))]
 
         #[test]
         fn any_frame_is_handled_safely(frames in vec(request(), 1..8)) {
