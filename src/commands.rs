@@ -181,6 +181,8 @@ pub struct AoeExportConfig {
     pub control: Option<PathBuf>,
     /// Also serve Prometheus metrics at this address.
     pub metrics: Option<String>,
+    /// Who to serve as, once the disks and sockets are open.
+    pub identity: Option<Identity>,
 }
 
 /// `vblkd aoe-export`: serves the disks to AoE initiators until SIGINT or SIGTERM, then
@@ -266,6 +268,11 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
         Some(path) => Some((path, control::bind(path)?)),
         None => None,
     };
+    if let Some(who) = config.identity {
+        // The raw sockets are open: no capability is needed any more.
+        sandbox::become_user(who, false)?;
+        log::info!("exporting as uid {} gid {}", who.uid, who.gid);
+    }
     let socket_dirs: Vec<&Path> = config
         .control
         .iter()

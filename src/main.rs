@@ -269,6 +269,14 @@ struct AoeExportArgs {
     /// Also serve what each export has done as Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<String>,
+    /// Serve as this user (a name or a number) once the disks and the sockets are open, with
+    /// no capabilities left (the raw sockets are open by then). The group is the user's own
+    /// unless --group says otherwise.
+    #[arg(long, value_name = "NAME", value_parser = user_id)]
+    user: Option<(libc::uid_t, libc::gid_t)>,
+    /// With --user: serve as this group instead of the user's own.
+    #[arg(long, value_name = "NAME", value_parser = group_id, requires = "user")]
+    group: Option<libc::gid_t>,
 }
 
 impl From<AoeExportArgs> for AoeExportConfig {
@@ -289,6 +297,10 @@ impl From<AoeExportArgs> for AoeExportConfig {
             seccomp: args.seccomp,
             control: args.control,
             metrics: args.metrics,
+            identity: args.user.map(|(uid, gid)| Identity {
+                uid,
+                gid: args.group.unwrap_or(gid),
+            }),
         }
     }
 }

@@ -282,3 +282,35 @@ fn aoe_target_resize_is_seen_at_the_next_identify() {
     drop(client);
     assert!(daemon.stop().success());
 }
+
+/// `--user nobody`: the target serves with no capability left in any thread (its raw socket
+/// was opened before), its engines' threads included.
+#[test]
+#[ignore = "needs root and iproute2"]
+fn aoe_target_as_another_user_keeps_no_capability() {
+    let dir = support::tempdir_for_another_user();
+    let rig = Rig::build(
+        dir.path(),
+        1500,
+        false,
+        vblkd_target(&["--user", "nobody", "--aio", "threads"]),
+    );
+    let daemon = rig.daemon(dir.path(), &[]);
+    verify_random_io(&rig, &daemon);
+    assert!(daemon.stop().success());
+    let pid = rig.exporter().pid();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        assert!(field("Uid").starts_with("65534"), "{status}");
+        assert_eq!(field("CapEff"), "0000000000000000", "{status}");
+        assert_eq!(field("CapPrm"), "0000000000000000", "{status}");
+    }
+}
