@@ -328,11 +328,15 @@ impl Interface {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            if events[..n].iter().any(|ev| ev.data() == STOP) {
-                if !stopping_now {
-                    log::info!("{}: finishing {in_flight} command(s) in flight", self.name);
-                }
+            if !stopping_now && events[..n].iter().any(|ev| ev.data() == STOP) {
+                log::info!("{}: finishing {in_flight} command(s) in flight", self.name);
                 stopping = true;
+                // No more frames are taken: waiting frames must not keep waking the loop, nor
+                // the stop fd, which stays readable.
+                for fd in [self.socket.as_raw_fd(), stop.as_raw_fd()] {
+                    self.epoll
+                        .ctl(ControlOperation::Delete, fd, EpollEvent::default())?;
+                }
             }
         }
     }

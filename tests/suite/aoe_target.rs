@@ -314,3 +314,44 @@ fn aoe_target_as_another_user_keeps_no_capability() {
         assert_eq!(field("CapPrm"), "0000000000000000", "{status}");
     }
 }
+
+/// SIGTERM while writes are in flight: the target finishes what it holds and exits 0, a new
+/// target takes over, the initiator's retransmissions reach it, and every write lands.
+#[test]
+#[ignore = "needs root and iproute2"]
+fn aoe_target_stopped_under_load_loses_no_write() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut rig = Rig::build(dir.path(), 9000, false, vblkd_target(&[]));
+    let daemon = rig.daemon(dir.path(), &["--aoe-deadline", "30"]);
+    const REQUESTS: usize = 32;
+    const LEN: usize = 1 << 20;
+    let mut client = Client::connect(&daemon.socket, 1, false, REQUESTS * LEN).unwrap();
+    for (i, b) in client.buffers().iter_mut().enumerate() {
+        *b = support::pattern_byte(i, 13);
+    }
+    for r in 0..REQUESTS {
+        let buf = client.buffer_ptr(r * LEN);
+        let offset = (r * LEN) as u64;
+        client.queues[0].write(offset, buf, LEN, r, blkio::ReqFlags::empty());
+    }
+    client.submit(0);
+    // 32 MiB in 1928 frames: the target is stopped once it has begun, with most to come.
+    let mut written = 0;
+    support::eventually("the target writing", support::limits::REPLY, || {
+        written = counters(rig.exporter())["bytes_written"].as_u64().unwrap();
+        written > 0
+    });
+    assert!(
+        written < (REQUESTS * LEN) as u64,
+        "all written before the stop"
+    );
+    rig.switch_target(vblkd_target(&[]));
+    rig.start_target();
+    let done = client.wait(0, REQUESTS);
+    assert!(done.iter().all(|&(_, ret)| ret == 0), "{done:?}");
+    let expected = client.buffers()[..REQUESTS * LEN].to_vec();
+    drop(client);
+    assert!(daemon.stop().success());
+    let file = std::fs::read(&rig.file).unwrap();
+    assert!(file[..REQUESTS * LEN] == expected[..], "a write was lost");
+}
