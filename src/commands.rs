@@ -13,9 +13,7 @@ use serde_json::Value;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::disk::{DiskError, DiskKind, DiskOptions, DiskSpec, OpenError};
-use crate::export::{
-    self, ExportDisk, ExportSpec, ExportedStatus, Exporting, Interface, InterfaceInfo,
-};
+use crate::export::{ExportDisk, ExportSpec, Exporting, Interface};
 use crate::queue::controls::ErrorPolicy;
 use crate::queue::throttle::ThrottleConfig;
 use crate::sandbox::{self, Identity, SeccompMode};
@@ -222,32 +220,31 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
         disks.push(ExportDisk {
             shelf: spec.shelf,
             slot: spec.slot,
+            disk_name: spec.disk.to_string(),
             disk,
             buffer_count: config.buffer_count,
             counters: Default::default(),
         });
     }
     let mut interfaces = Vec::with_capacity(config.interfaces.len());
-    let mut described = Vec::with_capacity(config.interfaces.len());
     for (index, name) in config.interfaces.iter().enumerate() {
         let index = u16::try_from(index).map_err(|_| "too many interfaces")?;
         let interface = Interface::open(name, index, &disks)?;
-        let (mac, max_sectors) = interface.describe();
-        described.push(InterfaceInfo {
-            name: name.clone(),
-            mac: export::mac_text(&mac),
-            sectors_per_frame: max_sectors,
-        });
-        for (spec, disk) in config.exports.iter().zip(&disks) {
+        let i = interface.info();
+        for d in &disks {
             log::info!(
-                "exporting {} as e{}.{} on {name} ({}, {max_sectors} sectors per frame, {} buffers): {} bytes{}",
-                spec.disk,
-                spec.shelf,
-                spec.slot,
-                export::mac_text(&mac),
-                config.buffer_count,
-                disk.disk.info().capacity.bytes(),
-                if disk.disk.info().read_only { ", read-only" } else { "" },
+                "exporting {} as {} on {name} ({}, {} sectors per frame, {} buffers): {} bytes{}",
+                d.disk_name,
+                d.name(),
+                i.mac,
+                i.sectors_per_frame,
+                d.buffer_count,
+                d.disk.info().capacity.bytes(),
+                if d.disk.info().read_only {
+                    ", read-only"
+                } else {
+                    ""
+                },
             );
         }
         interfaces.push(interface);
@@ -286,31 +283,19 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
         })
         .collect();
     sandbox::restrict_paths(sandbox::paths_ruleset(kind, &socket_dirs)?)?;
-    {
-        let exporting = Arc::new(Exporting {
-            exports: config
-                .exports
-                .iter()
-                .zip(&disks)
-                .map(|(spec, d)| ExportedStatus {
-                    shelf: spec.shelf,
-                    slot: spec.slot,
-                    disk_name: spec.disk.to_string(),
-                    disk: d.disk.clone(),
-                    counters: d.counters.clone(),
-                })
-                .collect(),
-            interfaces: described,
-            buffer_count: config.buffer_count,
-        });
-        if let Some((path, socket)) = control {
-            control::spawn(path, socket, exporting.clone())?;
-            log::info!("control socket on {}", path.display());
-        }
-        if let Some(addr) = &config.metrics {
-            crate::service::metrics::spawn(addr, Arc::new(move || exporting.metrics()))?;
-            log::info!("metrics on http://{addr}/metrics");
-        }
+    let exporting = Arc::new(Exporting {
+        interfaces: interfaces.iter().map(Interface::info).collect(),
+        exports: disks,
+        buffer_count: config.buffer_count,
+    });
+    if let Some((path, socket)) = control {
+        control::spawn(path, socket, exporting.clone())?;
+        log::info!("control socket on {}", path.display());
+    }
+    if let Some(addr) = &config.metrics {
+        let exporting = exporting.clone();
+        crate::service::metrics::spawn(addr, Arc::new(move || exporting.metrics()))?;
+        log::info!("metrics on http://{addr}/metrics");
     }
     notify::prepare();
     sandbox::lock_down(config.seccomp, kind)?;
@@ -342,15 +327,15 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
             Err(_) => failure = Some(format!("serving on {name} panicked")),
         }
     }
-    for (spec, disk) in config.exports.iter().zip(&disks) {
-        let figures: Vec<String> = disk
+    for d in &exporting.exports {
+        let figures: Vec<String> = d
             .counters
             .values()
             .iter()
             .filter(|(_, v)| *v > 0)
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
-        log::info!("e{}.{}: {}", spec.shelf, spec.slot, figures.join(", "));
+        log::info!("{}: {}", d.name(), figures.join(", "));
     }
     match failure {
         Some(e) => Err(e.into()),

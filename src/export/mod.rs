@@ -34,13 +34,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::disk::Disk;
 use crate::engine::{AlignedBuffer, Completion, DataBuffers, Direction, Engine, IoOp};
+use crate::util::bump;
 use crate::util::ratelimit::limited;
 
 mod spec;
 mod status;
 
 pub use spec::{ExportSpec, SpecError};
-pub use status::{ExportInfo, ExportStats, Exported as ExportedStatus, Exporting, InterfaceInfo};
+pub use status::{ExportInfo, ExportStats, Exporting, InterfaceInfo};
 
 /// Commands each disk holds at once unless told otherwise: Linux's `aoe` driver keeps at most
 /// 64 frames outstanding per target (its `aoe_maxout`), and asks for no more than offered.
@@ -88,10 +89,6 @@ impl ExportCounters {
     }
 }
 
-fn bump(counter: &AtomicU64, n: u64) {
-    crate::util::bump(counter, n);
-}
-
 /// One disk exported on one interface: its protocol state, its engine, its buffers.
 struct Exported {
     protocol: Export,
@@ -119,6 +116,8 @@ struct InFlight {
 /// An interface's loop: its socket and ring, the disks exported on it.
 pub struct Interface {
     name: String,
+    /// Sectors per ATA frame: what the interface's MTU allows.
+    max_sectors: u8,
     socket: RawSocket,
     ring: RxRing,
     exports: Vec<Exported>,
@@ -140,16 +139,26 @@ const STOP: u64 = u64::MAX - 1;
 pub struct ExportDisk {
     pub shelf: u16,
     pub slot: u8,
+    /// What was named to export (the disk as `serve --disk` would name it).
+    pub disk_name: String,
     pub disk: Arc<dyn Disk>,
     pub buffer_count: u16,
     pub counters: Arc<ExportCounters>,
 }
 
+impl ExportDisk {
+    /// `e<shelf>.<slot>`, as initiators name it.
+    pub fn name(&self) -> String {
+        format!("e{}.{}", self.shelf, self.slot)
+    }
+}
+
 /// Why an interface could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("cannot use interface {iface} for AoE: {source}{}", hint(.source))]
-    Socket { iface: String, source: io::Error },
+    /// The raw socket (`aoe::AoeError::Socket`, with its hint about CAP_NET_RAW).
+    #[error(transparent)]
+    Socket(#[from] aoe::AoeError),
     #[error("interface {iface} has an MTU of {mtu}, too small for one 512-byte sector per AoE frame (it needs {need})")]
     MtuTooSmall {
         iface: String,
@@ -170,20 +179,15 @@ pub enum ExportError {
     },
 }
 
-fn hint(e: &io::Error) -> &'static str {
-    match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => " (raw sockets need root or CAP_NET_RAW)",
-        _ => "",
-    }
-}
-
 impl Interface {
     /// Opens `iface` for the disks of `exports`; `index` tells the disks' engines apart
     /// (their per-queue counters).
     pub fn open(iface: &str, index: u16, exports: &[ExportDisk]) -> Result<Self, ExportError> {
-        let socket_error = |source| ExportError::Socket {
-            iface: iface.to_owned(),
-            source,
+        let socket_error = |source| {
+            ExportError::Socket(aoe::AoeError::Socket {
+                iface: iface.to_owned(),
+                source,
+            })
         };
         let mut socket = RawSocket::open(iface).map_err(socket_error)?;
         socket.send_linear().map_err(socket_error)?;
@@ -258,6 +262,7 @@ impl Interface {
         Ok(Interface {
             epoll,
             name: iface.to_owned(),
+            max_sectors,
             socket,
             ring,
             exports: exported,
@@ -268,13 +273,13 @@ impl Interface {
         })
     }
 
-    /// The interface's MAC address and the sectors per frame it allows.
-    pub fn describe(&self) -> (aoe::frame::Mac, u8) {
-        let max = self
-            .exports
-            .first()
-            .map_or(0, |e| e.protocol.config().max_sectors);
-        (self.socket.mac, max)
+    /// The interface as the control socket tells it.
+    pub fn info(&self) -> InterfaceInfo {
+        InterfaceInfo {
+            name: self.name.clone(),
+            mac: mac_text(&self.socket.mac),
+            sectors_per_frame: self.max_sectors,
+        }
     }
 
     /// Serves until `stop` is readable, then finishes the commands in flight and returns.
@@ -345,11 +350,14 @@ impl Interface {
     fn take_frames(&mut self) -> bool {
         let mut any = false;
         let mut replies = Vec::new();
+        // A resize shows from the next round on.
+        for e in &mut self.exports {
+            e.protocol
+                .set_sectors(e.disk.info().capacity.bytes() / SECTOR as u64);
+        }
         while let Some(frame) = self.ring.pop() {
             any = true;
             for e in &mut self.exports {
-                e.protocol
-                    .set_sectors(e.disk.info().capacity.bytes() / SECTOR as u64);
                 match e.protocol.handle(&frame) {
                     Action::Ignore => {}
                     Action::Malformed(why) => {

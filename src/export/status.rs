@@ -2,23 +2,12 @@
 //! (`stats`), and `resize`, whose new size initiators read at their next IDENTIFY.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::ExportCounters;
-use crate::disk::{Disk, Resized};
+use super::ExportDisk;
+use crate::disk::Resized;
 use crate::service::status::{to_value, Command, Controlled, Failure, FailureClass};
-
-/// One export, as the control socket sees it.
-pub struct Exported {
-    pub shelf: u16,
-    pub slot: u8,
-    /// What was named to export (the disk as `serve --disk` would name it).
-    pub disk_name: String,
-    pub disk: Arc<dyn Disk>,
-    pub counters: Arc<ExportCounters>,
-}
 
 /// An interface served on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +19,7 @@ pub struct InterfaceInfo {
 
 /// What a running target serves.
 pub struct Exporting {
-    pub exports: Vec<Exported>,
+    pub exports: Vec<ExportDisk>,
     pub interfaces: Vec<InterfaceInfo>,
     pub buffer_count: u16,
 }
@@ -66,12 +55,6 @@ pub struct ExportResized {
     pub export: String,
     #[serde(flatten)]
     pub resized: Resized,
-}
-
-impl Exported {
-    fn name(&self) -> String {
-        format!("e{}.{}", self.shelf, self.slot)
-    }
 }
 
 impl Exporting {
