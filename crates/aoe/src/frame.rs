@@ -140,6 +140,22 @@ fn mac(b: &[u8]) -> Mac {
     m
 }
 
+/// The common header of `frame`, whatever its ethertype and version say: to tell who a frame
+/// that does not parse was meant for. None if it is shorter than a header.
+pub fn header_of(frame: &[u8]) -> Option<Header> {
+    let h = frame.get(..HEADER_LEN)?;
+    Some(Header {
+        dst: mac(&h[0..]),
+        src: mac(&h[6..]),
+        flags: h[14] & 0x0f,
+        error: h[15],
+        shelf: be16(h, 16),
+        slot: h[18],
+        command: h[19],
+        tag: u32::from_be_bytes([h[20], h[21], h[22], h[23]]),
+    })
+}
+
 /// Parses one received Ethernet frame.
 pub fn parse(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
     need(frame, HEADER_LEN)?;
@@ -151,16 +167,7 @@ pub fn parse(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
     if version != VERSION {
         return Err(FrameError::Version(version));
     }
-    let header = Header {
-        dst: mac(&frame[0..]),
-        src: mac(&frame[6..]),
-        flags: frame[14] & 0x0f,
-        error: frame[15],
-        shelf: be16(frame, 16),
-        slot: frame[18],
-        command: frame[19],
-        tag: u32::from_be_bytes([frame[20], frame[21], frame[22], frame[23]]),
-    };
+    let header = header_of(frame).expect("checked to be long enough");
     match header.command {
         CMD_ATA => {
             need(frame, ATA_HEADER_LEN)?;

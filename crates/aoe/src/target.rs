@@ -151,11 +151,6 @@ pub struct Export {
     max_frame: usize,
 }
 
-/// Reads the 16-bit big-endian field at `at`.
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
 /// The `i`th 16-bit word of `value`, least significant first.
 fn word_of(value: u64, i: usize) -> u16 {
     value.to_le_bytes()[2 * i..2 * i + 2]
@@ -248,11 +243,8 @@ impl Export {
     /// A frame that could not be parsed is ours to complain about only if its header says it
     /// is for us.
     fn unless_foreign(&self, bytes: &[u8], why: &'static str) -> Action<'static> {
-        let for_us = bytes.len() >= HEADER_LEN
-            && bytes[14] & FLAG_RESPONSE == 0
-            && (bytes[..6] == self.config.mac || bytes[..6] == BROADCAST)
-            && matches!(be16(bytes, 16), s if s == self.config.shelf || s == u16::MAX)
-            && matches!(bytes[18], s if s == self.config.slot || s == u8::MAX);
+        let for_us = frame::header_of(bytes)
+            .is_some_and(|h| h.flags & FLAG_RESPONSE == 0 && self.addressed(&h));
         if for_us {
             Action::Malformed(why)
         } else {
