@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -315,7 +315,7 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
         .collect::<io::Result<Vec<_>>>()?;
     notify::notify("READY=1\nSTATUS=exporting");
     // Until a signal, or an interface's loop ends (it failed).
-    wait_readable(&[signals.as_raw_fd(), ended.as_raw_fd()])?;
+    crate::util::first_readable(&[signals.as_raw_fd(), ended.as_raw_fd()])?;
     log::info!("stopping: finishing the commands in flight");
     notify::notify("STOPPING=1");
     stop.write(1)?;
@@ -360,27 +360,4 @@ fn signal_fd() -> io::Result<OwnedFd> {
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Waits until one of `fds` is readable.
-fn wait_readable(fds: &[RawFd]) -> io::Result<()> {
-    let mut polled: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        // SAFETY: `polled` is a valid array of as many pollfds as we pass.
-        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
-        if n > 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if n < 0 && err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
 }

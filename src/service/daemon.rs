@@ -375,33 +375,5 @@ fn stop_workers(daemon: &VhostUserDaemon<Arc<BlockDevice>>) {
 
 /// Waits until a frontend is connecting (true) or a stop was requested (false).
 fn wait_for_frontend(listener: RawFd, stop: RawFd) -> io::Result<bool> {
-    let mut fds = [
-        libc::pollfd {
-            fd: listener,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is an array of two initialised pollfds.
-        let ret = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if ret < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if fds[1].revents != 0 {
-            return Ok(false);
-        }
-        if fds[0].revents != 0 {
-            return Ok(true);
-        }
-    }
+    Ok(crate::util::first_readable(&[stop, listener])? == 1)
 }
