@@ -450,19 +450,10 @@ fn aoe_as_another_user_keeps_only_cap_net_raw() {
         drop(client);
         support::wait_for_disconnect(&daemon, daemon.info().frontend.connections);
     }
-    for task in std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).unwrap() {
-        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-                .unwrap()
-                .trim()
-                .to_owned()
-        };
-        assert!(field("Uid").starts_with("65534"), "{status}");
-        assert_eq!(field("CapEff"), "0000000000002000", "{status}");
-        assert_eq!(field("CapPrm"), "0000000000002000", "{status}");
+    for (name, uid, eff, prm) in crate::sandbox::identities(daemon.pid()) {
+        assert_eq!(uid, "65534 65534 65534 65534", "{name}");
+        assert_eq!(eff, "0000000000002000", "{name}: effective capabilities");
+        assert_eq!(prm, "0000000000002000", "{name}: permitted capabilities");
     }
     assert!(daemon.stop().success());
 }

@@ -12,6 +12,7 @@ use support::{Client, Daemon};
 use vblkd::service::status::Command as ControlCommand;
 
 use crate::aoe::{verify_random_io, Rig, TargetKind, DISK_BYTES};
+use crate::sandbox::identities;
 
 /// What the target's export e3.7 has counted (`vblkd ctl stats`).
 fn counters(target: &Daemon) -> Value {
@@ -298,20 +299,10 @@ fn aoe_target_as_another_user_keeps_no_capability() {
     let daemon = rig.daemon(dir.path(), &[]);
     verify_random_io(&rig, &daemon);
     assert!(daemon.stop().success());
-    let pid = rig.exporter().pid();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-                .unwrap()
-                .trim()
-                .to_owned()
-        };
-        assert!(field("Uid").starts_with("65534"), "{status}");
-        assert_eq!(field("CapEff"), "0000000000000000", "{status}");
-        assert_eq!(field("CapPrm"), "0000000000000000", "{status}");
+    for (name, uid, eff, prm) in identities(rig.exporter().pid()) {
+        assert_eq!(uid, "65534 65534 65534 65534", "{name}");
+        assert_eq!(eff, "0000000000000000", "{name}: effective capabilities");
+        assert_eq!(prm, "0000000000000000", "{name}: permitted capabilities");
     }
 }
 

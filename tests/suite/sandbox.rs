@@ -96,8 +96,9 @@ fn with_seccomp_off_there_is_no_filter_but_still_no_new_privileges() {
     assert!(daemon.stop().success());
 }
 
-/// `(uid, effective capabilities, permitted capabilities)` of every thread of `pid`.
-fn identities(pid: u32) -> Vec<(String, String, String, String)> {
+/// `(thread name, uid, effective capabilities, permitted capabilities)` of every thread of
+/// `pid`; the uid as its four ids (real, effective, saved, file system).
+pub(crate) fn identities(pid: u32) -> Vec<(String, String, String, String)> {
     threads(pid)
         .into_iter()
         .map(|(name, status)| {
