@@ -197,19 +197,37 @@ struct ServeArgs {
     #[arg(long, default_value = "report", value_parser = PossibleValuesParser::new(["report", "stop"])
         .map(|s| s.parse::<OnError>().expect("a listed value")))]
     rerror: OnError,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// The sandbox: `serve`'s and `aoe-export`'s.
+#[derive(Args)]
+struct SandboxArgs {
     /// System call filters: kill the process on a call outside them; log it and allow it
     /// (to find what a new setup needs: `journalctl -k` or `dmesg`, `type=1326`); or off.
     #[arg(long, default_value = "kill", value_parser = PossibleValuesParser::new(SeccompMode::VARIANTS)
         .map(|s| s.parse::<SeccompMode>().expect("a listed value")))]
     seccomp: SeccompMode,
-    /// Serve as this user (a name or a number) once the disk and the sockets are open, with no
-    /// capabilities left — but CAP_NET_RAW for an AoE disk, whose engines open raw sockets.
-    /// The group is the user's own unless --group says otherwise.
+    /// Serve as this user (a name or a number) once the disks and the sockets are open, with
+    /// no capabilities left — but CAP_NET_RAW for `serve` on an AoE disk, whose engines open
+    /// raw sockets for each frontend. The group is the user's own unless --group says
+    /// otherwise.
     #[arg(long, value_name = "NAME", value_parser = user_id)]
     user: Option<(libc::uid_t, libc::gid_t)>,
     /// With --user: serve as this group instead of the user's own.
     #[arg(long, value_name = "NAME", value_parser = group_id, requires = "user")]
     group: Option<libc::gid_t>,
+}
+
+impl SandboxArgs {
+    /// Who `--user` and `--group` say to serve as.
+    fn identity(&self) -> Option<Identity> {
+        self.user.map(|(uid, gid)| Identity {
+            uid,
+            gid: self.group.unwrap_or(gid),
+        })
+    }
 }
 
 /// How a file or block device is opened and driven: `serve`'s and `aoe-export`'s.
@@ -258,10 +276,6 @@ struct AoeExportArgs {
     #[arg(long, value_name = "N", default_value_t = vblkd::export::DEFAULT_BUFFER_COUNT,
         value_parser = clap::value_parser!(u16).range(1..=4096))]
     buffers: u16,
-    /// System call filters, as for `serve`.
-    #[arg(long, default_value = "kill", value_parser = PossibleValuesParser::new(SeccompMode::VARIANTS)
-        .map(|s| s.parse::<SeccompMode>().expect("a listed value")))]
-    seccomp: SeccompMode,
     /// Also serve a control socket here (mode 0600), for `vblkd ctl`: the exports, what each
     /// has done, resize.
     #[arg(long, value_name = "PATH")]
@@ -269,14 +283,8 @@ struct AoeExportArgs {
     /// Also serve what each export has done as Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<String>,
-    /// Serve as this user (a name or a number) once the disks and the sockets are open, with
-    /// no capabilities left (the raw sockets are open by then). The group is the user's own
-    /// unless --group says otherwise.
-    #[arg(long, value_name = "NAME", value_parser = user_id)]
-    user: Option<(libc::uid_t, libc::gid_t)>,
-    /// With --user: serve as this group instead of the user's own.
-    #[arg(long, value_name = "NAME", value_parser = group_id, requires = "user")]
-    group: Option<libc::gid_t>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 impl From<AoeExportArgs> for AoeExportConfig {
@@ -294,13 +302,10 @@ impl From<AoeExportArgs> for AoeExportConfig {
                 ..DiskOptions::default()
             },
             buffer_count: args.buffers,
-            seccomp: args.seccomp,
+            seccomp: args.sandbox.seccomp,
             control: args.control,
             metrics: args.metrics,
-            identity: args.user.map(|(uid, gid)| Identity {
-                uid,
-                gid: args.group.unwrap_or(gid),
-            }),
+            identity: args.sandbox.identity(),
         }
     }
 }
@@ -388,11 +393,8 @@ impl From<ServeArgs> for ServeConfig {
             queue_size: args.queue_size,
             poll: (poll_us > 0).then(|| Duration::from_micros(u64::from(poll_us))),
             limits: args.throttle,
-            seccomp: args.seccomp,
-            identity: args.user.map(|(uid, gid)| Identity {
-                uid,
-                gid: args.group.unwrap_or(gid),
-            }),
+            seccomp: args.sandbox.seccomp,
+            identity: args.sandbox.identity(),
             error_policy: ErrorPolicy {
                 read: args.rerror,
                 write: args.werror,
