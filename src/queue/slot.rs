@@ -200,8 +200,9 @@ pub(super) enum Outcome {
 }
 
 impl Slot {
-    /// The request whose status byte is at `status` (in `mem`) goes to the engine to do `job`,
-    /// expecting `expected` bytes, and answering `used_len` on success.
+    /// The request whose status byte is at `status` (in `mem`), taken from the avail ring at
+    /// `taken_at`, goes to the engine to do `job`, expecting `expected` bytes, and answering
+    /// `used_len` on success.
     pub fn start(
         &mut self,
         status: GuestAddress,
@@ -209,6 +210,7 @@ impl Slot {
         expected: usize,
         used_len: u32,
         mem: &Arc<GuestMemory>,
+        taken_at: Instant,
     ) {
         self.busy = true;
         self.status = status;
@@ -217,7 +219,7 @@ impl Slot {
         self.used_len = used_len;
         self.done = 0;
         self.mem = Some(mem.clone());
-        self.taken_at = Some(Instant::now());
+        self.taken_at = Some(taken_at);
     }
 
     /// Records that the operation's buffers are a bounce buffer (the guest's iovecs stay in
