@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub disk: DiskSpec,
     pub disk_options: DiskOptions,
     pub num_queues: u16,
+    /// Threads serving the queues.
+    pub queue_threads: u16,
     pub queue_size: u16,
     /// The busy-polling ceiling; `None` for none.
     pub poll: Option<Duration>,
@@ -75,6 +77,14 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             )
         }
     };
+    if config.queue_threads > config.num_queues {
+        return Err(format!(
+            "--queue-threads {} is more than --num-queues {}: each thread serves one queue at \
+             least; give at most {}",
+            config.queue_threads, config.num_queues, config.num_queues
+        )
+        .into());
+    }
     // Before any thread exists, so that every thread inherits them.
     sandbox::no_new_privs()?;
     daemon::block_termination_signals()
@@ -82,15 +92,17 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     sigbus::install().map_err(|e| format!("cannot install the SIGBUS handler: {e}"))?;
     let disk = crate::disk::open(&config.disk, &config.disk_options)?;
     log::info!(
-        "{} queue(s) of {} entries",
+        "{} queue(s) of {} entries, served by {} thread(s)",
         config.num_queues,
-        config.queue_size
+        config.queue_size,
+        config.queue_threads
     );
     daemon::serve(
         disk,
         &ServeOptions {
             socket,
             num_queues: config.num_queues,
+            queue_threads: config.queue_threads,
             queue_size: config.queue_size,
             poll: config.poll,
             control: config.control,

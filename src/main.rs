@@ -41,6 +41,17 @@ fn default_poll_us(disk: DiskKind) -> u32 {
     }
 }
 
+/// The queue threads a device gets without `--queue-threads`: one per queue, but no more than
+/// the CPUs this process may run on (its affinity and cgroup quota). Beyond that, polling
+/// threads only take turns on a CPU: two queues' pollers pinned to one CPU did 1.3x one queue
+/// on the null disk, one thread polling both [figure in docs/benchmarks.md].
+fn default_queue_threads(num_queues: u16) -> u16 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    num_queues
+        .min(u16::try_from(cpus).unwrap_or(u16::MAX))
+        .max(1)
+}
+
 #[derive(Parser)]
 #[command(
     version,
@@ -139,9 +150,14 @@ struct ServeArgs {
     disk: DiskSpec,
     #[command(flatten)]
     file: FileArgs,
-    /// Number of virtqueues, each served by its own thread and engine.
+    /// Number of virtqueues, each with its own engine.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     num_queues: u16,
+    /// Threads serving the virtqueues: queue q is served by thread q mod N, which polls its
+    /// queues together [default: one per queue, but no more than the CPUs vblkd may run on —
+    /// more polling threads than CPUs only take turns].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    queue_threads: Option<u16>,
     /// Entries per virtqueue (a power of two).
     #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
     queue_size: u16,
@@ -390,6 +406,9 @@ impl From<ServeArgs> for ServeConfig {
                 incoming: args.incoming,
             },
             num_queues: args.num_queues,
+            queue_threads: args
+                .queue_threads
+                .unwrap_or_else(|| default_queue_threads(args.num_queues)),
             queue_size: args.queue_size,
             poll: (poll_us > 0).then(|| Duration::from_micros(u64::from(poll_us))),
             limits: args.throttle,

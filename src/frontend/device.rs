@@ -1,12 +1,15 @@
 //! The vhost-user-blk device: what the frontend negotiates, and the glue between
 //! `vhost-user-backend`'s per-queue epoll threads and our queue workers.
 //!
-//! `vhost-user-backend` runs one epoll thread per entry of [`queues_per_thread`]; we ask for one
-//! queue per thread. Each thread's epoll holds its vring's kick fd (registered by the library)
-//! and its worker's engine eventfd (registered by [`BlockDevice::register_engines`]), so a
-//! thread sleeps until either the guest or the disk has something for it. Each worker sits
-//! behind its own mutex, which only its thread takes on the data path — the control thread
-//! takes it only to drain the queue on GET_VRING_BASE or shutdown.
+//! `vhost-user-backend` runs one epoll thread per entry of [`queues_per_thread`]: queue q is
+//! served by thread q mod `--queue-threads` (by default one thread per queue, but no more
+//! threads than CPUs the daemon may run on: polling threads beyond that only take turns).
+//! Each thread's epoll holds its vrings' kick fds (registered by the library) and its workers'
+//! engine eventfds and timers (registered by [`BlockDevice::register_engines`]), so a thread
+//! sleeps until the guest or the disk has something for one of its queues, and polls all of
+//! them together ([`poll_together`]). Each worker sits behind its own mutex, which only its
+//! thread takes on the data path — the control thread takes it only to drain the queue on
+//! GET_VRING_BASE or shutdown, which a polling thread allows between two rounds.
 //!
 //! The device offers `INFLIGHT_SHMFD` whatever the engine: tracking happens in the worker,
 //! above the engine seam, so every engine's requests survive a crash of the daemon (see
@@ -51,7 +54,7 @@ use crate::blk::config::{
 use crate::blk::layout::ConfigSpace;
 use crate::disk::{Disk, DiskError};
 use crate::queue::inflight::InflightBuffer;
-use crate::queue::{QueueConfig, QueueWorker};
+use crate::queue::{poll_together, PollWindows, Polling, QueueConfig, QueueWorker};
 use crate::util::ratelimit::limited;
 use crate::util::sigbus;
 use crate::{GuestMemory, Vring};
@@ -65,6 +68,8 @@ pub struct BlockDevice {
     queue_size: u16,
     write_cache: Arc<AtomicBool>,
     workers: Vec<Mutex<QueueWorker>>,
+    /// The vring threads, in the library's order.
+    threads: Vec<QueueThread>,
     /// The in-flight tracking buffer the frontend set (GET_/SET_INFLIGHT_FD); each worker
     /// takes its region when its ring starts.
     inflight: Mutex<Option<Arc<InflightBuffer>>>,
@@ -80,13 +85,31 @@ pub struct BlockDevice {
     running: Mutex<u64>,
 }
 
+/// The queues one vring thread serves, in the order of its vrings, and its polling windows.
+struct QueueThread {
+    queues: Vec<u16>,
+    /// Taken by the thread only; `None` without polling.
+    poll: Mutex<Option<PollWindows>>,
+}
+
+/// What woke a vring thread, for the k-th of its queues.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Kick,
+    Completion,
+    Timer,
+}
+
 impl BlockDevice {
     /// A device on `disk` with `num_queues` queues of up to `queue_size` entries, each with a
-    /// fresh engine, busy-polling for `poll` after work if set. `mem` is the guest memory the
-    /// vhost-user library maintains; `state` is what outlives the connection.
+    /// fresh engine, served by `threads` threads, busy-polling for `poll` after work if set.
+    /// `mem` is the guest memory the vhost-user library maintains; `state` is what outlives
+    /// the connection.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         disk: Arc<dyn Disk>,
         num_queues: u16,
+        threads: u16,
         queue_size: u16,
         poll: Option<Duration>,
         mem: GuestMemoryAtomic<GuestMemory>,
@@ -117,12 +140,20 @@ impl BlockDevice {
                 )))
             })
             .collect::<Result<Vec<_>, DiskError>>()?;
+        let threads = threads.clamp(1, num_queues.max(1));
+        let threads = (0..threads)
+            .map(|t| QueueThread {
+                queues: (t..num_queues).step_by(usize::from(threads)).collect(),
+                poll: Mutex::new(poll.map(PollWindows::new)),
+            })
+            .collect();
         Ok(BlockDevice {
             disk,
             num_queues,
             queue_size,
             write_cache,
             workers,
+            threads,
             inflight: Mutex::new(None),
             state: state.clone(),
             dirty_log,
@@ -131,15 +162,26 @@ impl BlockDevice {
         })
     }
 
-    /// The epoll event id of a worker's engine eventfd. The library reserves ids up to
+    /// The epoll event id of the engine eventfd of a thread's k-th queue (its timer's is the
+    /// next one: the I/O limits' waits, wake-ups on resume). The library reserves ids up to
     /// `num_queues` for kicks and its own events.
-    fn engine_event(&self) -> u16 {
-        self.num_queues + 1
+    fn engine_event(&self, k: usize) -> u64 {
+        u64::from(self.num_queues) + 1 + 2 * k as u64
     }
 
-    /// The epoll event id of a queue's timer (the I/O limits' waits, wake-ups on resume).
-    fn timer_event(&self) -> u16 {
-        self.num_queues + 2
+    /// Which of a thread's `vrings` queues an event id is for, and what it reports.
+    fn event_of(&self, device_event: u16, vrings: usize) -> Option<(usize, Event)> {
+        let id = usize::from(device_event);
+        if id < vrings {
+            return Some((id, Event::Kick));
+        }
+        let past = id.checked_sub(usize::from(self.num_queues) + 1)?;
+        let event = if past % 2 == 0 {
+            Event::Completion
+        } else {
+            Event::Timer
+        };
+        Some((past / 2, event))
     }
 
     /// Puts each worker's engine eventfd and its queue's timer into its thread's epoll set.
@@ -147,13 +189,27 @@ impl BlockDevice {
         &self,
         handlers: &[Arc<VringEpollHandler<Arc<BlockDevice>>>],
     ) -> io::Result<()> {
-        for ((queue, worker), handler) in (0..).zip(&self.workers).zip(handlers) {
-            let fd = self.worker(worker).engine_fd();
-            handler.register_listener(fd, EventSet::IN, u64::from(self.engine_event()))?;
-            let timer = self.state.controls.timer(queue).as_raw_fd();
-            handler.register_listener(timer, EventSet::IN, u64::from(self.timer_event()))?;
+        for (thread, handler) in self.threads.iter().zip(handlers) {
+            for (k, &queue) in thread.queues.iter().enumerate() {
+                let fd = self.worker(&self.workers[usize::from(queue)]).engine_fd();
+                handler.register_listener(fd, EventSet::IN, self.engine_event(k))?;
+                let timer = self.state.controls.timer(queue).as_raw_fd();
+                handler.register_listener(timer, EventSet::IN, self.engine_event(k) + 1)?;
+            }
         }
         Ok(())
+    }
+
+    /// Locks queue `queue`'s worker; starts it first if its ring was started since (before
+    /// the worker resubmits what a predecessor left in flight, the disk is made ours).
+    fn worker_started(&self, queue: usize, vring: &Vring) -> Option<MutexGuard<'_, QueueWorker>> {
+        let mut worker = self.worker(self.workers.get(queue)?);
+        if !worker.is_started() && vring.get_ref().get_queue().ready() {
+            self.ring_starting(queue);
+            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            worker.start(vring, inflight.as_ref().and_then(|b| b.queue(queue)));
+        }
+        Some(worker)
     }
 
     /// Completes every in-flight request on every queue.
@@ -302,7 +358,8 @@ impl VhostUserBackend for BlockDevice {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.num_queues).map(|q| 1u64 << q).collect()
+        let mask = |queues: &[u16]| queues.iter().fold(0u64, |m, &q| m | 1 << q);
+        self.threads.iter().map(|t| mask(&t.queues)).collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -356,24 +413,35 @@ impl VhostUserBackend for BlockDevice {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        let (Some(worker), Some(vring)) = (self.workers.get(thread_id), vrings.first()) else {
+        let Some(thread) = self.threads.get(thread_id) else {
+            return Ok(());
+        };
+        let Some((k, event)) = self.event_of(device_event, vrings.len()) else {
+            return Ok(());
+        };
+        let (Some(&queue), Some(vring)) = (thread.queues.get(k), vrings.get(k)) else {
             return Ok(());
         };
         // Only queue threads get here; the first event tightens the thread's filter.
         crate::sandbox::enter(crate::sandbox::Role::Queue);
-        let mut worker = self.worker(worker);
-        if !worker.is_started() && vring.get_ref().get_queue().ready() {
-            // Before the worker resubmits what a predecessor left in flight.
-            self.ring_starting(thread_id);
-            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            worker.start(vring, inflight.as_ref().and_then(|b| b.queue(thread_id)));
+        let mut windows = thread.poll.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(windows), Event::Kick | Event::Completion) = (windows.as_mut(), event) {
+            windows.woke();
         }
-        if device_event == self.engine_event() {
-            worker.on_completion(vring);
-        } else if device_event == self.timer_event() {
-            worker.on_timer(vring);
-        } else if device_event == 0 {
-            worker.on_kick(vring);
+        let polling = match self.worker_started(usize::from(queue), vring) {
+            Some(mut worker) => match event {
+                Event::Kick => worker.on_kick(vring),
+                Event::Completion => worker.on_completion(vring),
+                Event::Timer => worker.on_timer(vring),
+            },
+            None => Polling::No,
+        };
+        if let (Some(windows), Polling::Yes) = (windows.as_mut(), polling) {
+            poll_together(windows, thread.queues.len(), |k| {
+                let vring = vrings.get(k)?;
+                let worker = self.worker_started(usize::from(*thread.queues.get(k)?), vring)?;
+                worker.is_started().then_some((worker, vring))
+            });
         }
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! The queue worker: one per virtqueue, on its own thread, owning its own engine.
+//! The queue worker: one per virtqueue, owning its own engine, on the thread that serves its
+//! queue (alone, or with others: see [`poll_together`]).
 //!
 //! A kick drains the avail ring completely, in batches that double in size (1, 2, 4, ...):
 //! each chain is parsed, validated, and pushed to the engine as one operation whose buffers
@@ -9,8 +10,8 @@
 //! signalled — only if the event index (or the no-interrupt flag) says it wants to be. An
 //! engine that wakes the worker on a timer anyway ([`Wakeup::OnTimer`]) lets the worker leave
 //! kicks off and look at the avail ring then, which saves the thread a wake-up per batch.
-//! With `--poll-us`, the worker busy-polls ring and engine for a while after its last work
-//! before it sleeps ([`poll`]).
+//! With `--poll-us`, the worker's thread busy-polls its rings and engines for a while after the
+//! last work before it sleeps ([`poll`]).
 //!
 //! When the frontend gave us an in-flight tracking buffer ([`inflight`]),
 //! every head is also recorded there from the moment it is taken until its used-ring entry is
@@ -40,7 +41,7 @@ use crate::{GuestMemory, Vring};
 use controls::Controls;
 use diskio::iov;
 use inflight::InflightQueue;
-use poll::{Awaiting, PollWindows};
+pub use poll::{poll_together, PollWindows};
 use slot::{Failure, Job, Outcome, Slot, Transfer};
 pub use stats::{Counter, QueueStats};
 
@@ -57,11 +58,6 @@ type RingState = VringState<GuestMemoryAtomic<GuestMemory>>;
 
 /// The largest submission batch (see [`QueueWorker::serve_batches`]).
 const MAX_BATCH: usize = 256;
-
-/// How often an idle polling worker reads the clock to see whether its window has passed, and
-/// yields its CPU: an idle round is well under a microsecond, so the window overshoots by less
-/// than that, and a second queue's worker on the same CPU waits no longer than that for its turn.
-const IDLE_ROUNDS_PER_CHECK: u32 = 8;
 
 /// The shortest sleep of a queue over its I/O limits: a few requests' worth of room gathers
 /// in the buckets meanwhile, and the queue is woken once for them rather than once each.
@@ -127,6 +123,23 @@ enum Avail {
     Held,
 }
 
+/// Whether the worker's thread polls after an event ([`poll_together`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[must_use]
+pub enum Polling {
+    No,
+    Yes,
+}
+
+/// What one polling round of a queue did.
+struct Round {
+    avail: Avail,
+    /// Requests were put in the used ring.
+    completed: bool,
+    /// Requests are with the engine.
+    in_flight: bool,
+}
+
 /// How the last look of a round collects completions.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum LastLook {
@@ -171,8 +184,6 @@ pub struct QueueWorker {
     inflight: Option<InflightQueue>,
     /// The order number the next request taken gets in the tracking buffer.
     taken: u64,
-    /// With polling configured: how long to poll.
-    poll_windows: Option<PollWindows>,
     /// Requests put in the used ring so far (wrapping): tells the polling loop that it did
     /// work.
     completed: u64,
@@ -214,7 +225,6 @@ impl QueueWorker {
             broken: false,
             inflight: None,
             taken: 0,
-            poll_windows: config.poll.map(PollWindows::new),
             completed: 0,
             config,
             throttled: VecDeque::new(),
@@ -329,11 +339,11 @@ impl QueueWorker {
     }
 
     /// The queue's timer fired: the I/O limits may have room, or the disk was resumed, or
-    /// the limits changed.
-    pub fn on_timer(&mut self, vring: &Vring) {
+    /// the limits changed. Returns whether the caller polls next ([`poll_together`]).
+    pub fn on_timer(&mut self, vring: &Vring) -> Polling {
         self.vring.get_or_insert_with(|| vring.clone());
         self.config.controls.timer(self.queue).consume();
-        self.serve(vring);
+        self.serve(vring)
     }
 
     /// The guest memory map now; the engine is told when it changed.
@@ -351,23 +361,16 @@ impl QueueWorker {
     }
 
     /// The guest kicked: take every available chain, submit the batch, complete what is
-    /// already done, notify once. With polling configured, keep going until the queue has
-    /// been idle for the polling time.
-    pub fn on_kick(&mut self, vring: &Vring) {
+    /// already done, notify once. With polling configured, the caller polls next.
+    pub fn on_kick(&mut self, vring: &Vring) -> Polling {
         self.vring.get_or_insert_with(|| vring.clone());
-        if let Some(windows) = &mut self.poll_windows {
-            windows.woke();
-        }
-        self.serve(vring);
+        self.serve(vring)
     }
 
     /// The engine's completion fd fired: complete what finished and notify once (and poll, if
-    /// configured).
-    pub fn on_completion(&mut self, vring: &Vring) {
+    /// configured and something finished).
+    pub fn on_completion(&mut self, vring: &Vring) -> Polling {
         self.vring.get_or_insert_with(|| vring.clone());
-        if let Some(windows) = &mut self.poll_windows {
-            windows.woke();
-        }
         if self.config.poll.is_none() && self.engine.wakeup() == Wakeup::OnTimer {
             // Guest kicks were left off (see serve), on the promise to look at the avail ring
             // when the engine woke us: this is that wake-up.
@@ -375,108 +378,80 @@ impl QueueWorker {
         }
         self.arm_and_reap();
         if self.finished.is_empty() {
-            return;
+            return Polling::No;
         }
-        {
-            let mem = self.current_memory();
-            self.publish(&mut vring.get_mut(), &mem);
-        }
+        let mem = self.current_memory();
+        self.publish(&mut vring.get_mut(), &mem);
         if self.config.poll.is_some() {
-            self.serve(vring);
+            self.release_held();
+            return Polling::Yes;
+        }
+        Polling::No
+    }
+
+    /// Without polling: takes available requests, submits, reaps and publishes until the ring
+    /// is empty, then lets the guest kick again. With polling, the caller does that
+    /// ([`poll_together`]).
+    fn serve(&mut self, vring: &Vring) -> Polling {
+        self.release_held();
+        if self.config.poll.is_some() {
+            return Polling::Yes;
+        }
+        let mem = self.current_memory();
+        let mut state = vring.get_mut();
+        loop {
+            let avail = self.serve_batches(&mut state, &mem, LastLook::BeforeSleep);
+            if matches!(avail, Avail::Unusable | Avail::Held)
+                || self.engine.wakeup() == Wakeup::OnTimer
+            {
+                // Kicks stay off: on_completion looks at the ring, the queue's timer says
+                // when to go on, or there is nothing to serve until the ring restarts.
+                return Polling::No;
+            }
+            match state.enable_notification() {
+                // A request slipped in as we re-armed; the next round takes it.
+                Ok(true) => continue,
+                Ok(false) => return Polling::No,
+                Err(e) => {
+                    self.mark_broken(&format!("cannot enable notifications ({e})"));
+                    return Polling::No;
+                }
+            }
         }
     }
 
-    /// Takes available requests, submits, reaps and publishes; while polling, repeats until
-    /// the queue has been idle for the polling window, and only then lets the guest kick again.
-    fn serve(&mut self, vring: &Vring) {
-        self.release_held();
-        let Some(mut poll) = self.poll_windows.take() else {
-            let mem = self.current_memory();
-            let mut state = vring.get_mut();
-            loop {
-                let avail = self.serve_batches(&mut state, &mem, LastLook::BeforeSleep);
-                if matches!(avail, Avail::Unusable | Avail::Held)
-                    || self.engine.wakeup() == Wakeup::OnTimer
-                {
-                    // Kicks stay off: on_completion looks at the ring, the queue's timer says
-                    // when to go on, or there is nothing to serve until the ring restarts.
-                    return;
-                }
-                match state.enable_notification() {
-                    // A request slipped in as we re-armed; the next round takes it.
-                    Ok(true) => continue,
-                    Ok(false) => return,
-                    Err(e) => {
-                        return self.mark_broken(&format!("cannot enable notifications ({e})"))
-                    }
-                }
-            }
-        };
-        self.poll_loop(vring, &mut poll);
-        self.poll_windows = Some(poll);
+    /// One round of polling: takes what the ring holds, submits, reaps and publishes, with
+    /// notifications off (the guest need not kick: we look).
+    fn poll_round(&mut self, vring: &Vring) -> Round {
+        // Each round takes the current memory map (the frontend may add regions while we
+        // poll) and the vring lock afresh (the control thread may need it between rounds).
+        let mem = self.current_memory();
+        let mut state = vring.get_mut();
+        let completed = self.completed;
+        let avail = self.serve_batches(&mut state, &mem, LastLook::Polling);
+        Round {
+            avail,
+            completed: self.completed != completed,
+            in_flight: self.in_flight > 0,
+        }
     }
 
-    /// The polling half of [`QueueWorker::serve`].
-    fn poll_loop(&mut self, vring: &Vring, poll: &mut PollWindows) {
-        // When the queue ran out of work and the idle rounds since (`None` while it has work).
-        // The clock is read once as work runs out and then every few idle rounds: reading it
-        // every round was an eighth of a busy poller's time (perf, null disk, QD32).
-        let mut idle: Option<(Instant, u32)> = None;
-        let mut awaiting = Awaiting::Kick;
-        loop {
-            // Each round takes the current memory map (the frontend may add regions while we
-            // poll) and the vring lock afresh (the control thread may need it between rounds).
-            let mem = self.current_memory();
-            let mut state = vring.get_mut();
-            // Notifications stay off while we poll: the guest need not kick, we look.
-            let completed = self.completed;
-            let avail = self.serve_batches(&mut state, &mem, LastLook::Polling);
-            if matches!(avail, Avail::Unusable | Avail::Held) {
-                // Going to sleep without re-arming kicks: the engine reports completions, and
-                // the timer when to go on.
-                self.last_look(&mut state, &mem, LastLook::BeforeSleep);
-                return;
-            }
-            // The last work decides what comes next: completions hand the guest its turn,
-            // submissions the disk.
-            let did_complete = self.completed != completed;
-            if did_complete || self.in_flight == 0 {
-                awaiting = Awaiting::Kick;
-            } else if avail == Avail::Took {
-                awaiting = Awaiting::Completion;
-            }
-            if did_complete || avail == Avail::Took {
-                idle = None;
-                continue;
-            }
-            let (since, rounds) = idle.get_or_insert_with(|| (Instant::now(), 0));
-            *rounds = rounds.wrapping_add(1);
-            let (since, rounds) = (*since, *rounds);
-            let window = poll.current(awaiting);
-            if !window.is_zero() {
-                if rounds % IDLE_ROUNDS_PER_CHECK != 0 {
-                    std::hint::spin_loop();
-                    continue;
-                }
-                if since.elapsed() < window {
-                    // Let whatever else wants this CPU run (another queue's worker, the VMM,
-                    // the control thread), without this ring's lock.
-                    drop(state);
-                    std::thread::yield_now();
-                    continue;
-                }
-            }
-            // Going to sleep: arm the engine's completion fd (polling left it readable) so that
-            // epoll does not wake us for completions we already took.
-            self.last_look(&mut state, &mem, LastLook::BeforeSleep);
-            match state.enable_notification() {
-                Ok(false) => {
-                    poll.sleep(since, awaiting);
-                    return;
-                }
-                Err(e) => return self.mark_broken(&format!("cannot enable notifications ({e})")),
-                // A request slipped in as we re-armed: keep polling.
-                Ok(true) => idle = None,
+    /// Polling ends: arms the engine's completion fd (polling left it readable, and epoll
+    /// must not wake us for completions already taken), publishes the last completions and,
+    /// unless `kicks_stay_off`, lets the guest kick again. Returns whether a request slipped
+    /// in as kicks were re-armed (then polling goes on).
+    fn stop_polling(&mut self, vring: &Vring, kicks_stay_off: bool) -> bool {
+        let mem = self.current_memory();
+        let mut state = vring.get_mut();
+        self.last_look(&mut state, &mem, LastLook::BeforeSleep);
+        if kicks_stay_off || self.broken || !state.get_queue().ready() {
+            return false;
+        }
+        match state.enable_notification() {
+            Ok(slipped_in) => slipped_in,
+            Err(e) => {
+                self.mark_broken(&format!("cannot enable notifications ({e})"));
+                false
             }
         }
     }

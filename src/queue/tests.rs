@@ -268,7 +268,7 @@ impl Harness {
         for &req in reqs {
             make_available(&self.mem, req);
         }
-        self.worker.on_kick(&self.vring);
+        assert_eq!(self.worker.on_kick(&self.vring), Polling::No);
     }
 
     /// Makes one request available, kicks, and completes it; returns its status byte and the
@@ -278,7 +278,7 @@ impl Harness {
         // The scripted engine signals its eventfd on every submit, as a real one would once
         // the I/O finished.
         while self.worker.in_flight > 0 {
-            self.worker.on_completion(&self.vring);
+            assert_eq!(self.worker.on_completion(&self.vring), Polling::No);
         }
         let (head, len) = *self.used().last().unwrap();
         assert_eq!(head, u32::from(req.head()));
@@ -303,7 +303,7 @@ impl Harness {
                 script.released.push(completion);
             }
         }
-        self.worker.on_completion(&self.vring);
+        assert_eq!(self.worker.on_completion(&self.vring), Polling::No);
     }
 
     /// (offset, bytes) of every read or write the engine was given.
@@ -388,7 +388,7 @@ fn an_engine_error_fails_only_that_request_with_ioerr() {
 /// Runs the worker until nothing it started is with the engine.
 fn finish_submitted(h: &mut Harness) {
     while h.worker.in_flight > h.worker.held.len() + h.worker.throttled.len() {
-        h.worker.on_completion(&h.vring);
+        assert_eq!(h.worker.on_completion(&h.vring), Polling::No);
     }
 }
 
@@ -413,7 +413,7 @@ fn a_write_to_a_full_disk_is_held_until_resumed_and_the_queue_waits() {
     // Space is freed; the operator resumes; the write is done again, then the read.
     h.script.lock().unwrap().fail = None;
     controls.resume();
-    h.worker.on_timer(&h.vring);
+    assert_eq!(h.worker.on_timer(&h.vring), Polling::No);
     finish_submitted(&mut h);
     assert_eq!(h.used().len(), 2);
     assert_eq!((h.status(write), h.status(read)), (status::OK, status::OK));
@@ -462,14 +462,14 @@ fn a_queue_over_its_limits_holds_requests_until_its_timer_fires() {
     assert_eq!(h.worker.in_flight, 2);
     assert_eq!(h.worker.stats.get(Counter::Throttled), 1);
     // A kick meanwhile changes nothing.
-    h.worker.on_kick(&h.vring);
+    assert_eq!(h.worker.on_kick(&h.vring), Polling::No);
     assert_eq!(h.asked().len(), 1);
     // The limits are lifted: the timer wakes the queue, and it goes on.
     h.worker
         .config
         .controls
         .set_limits(ThrottleConfig::default());
-    h.worker.on_timer(&h.vring);
+    assert_eq!(h.worker.on_timer(&h.vring), Polling::No);
     assert_eq!(h.asked().len(), 3);
     h.script.lock().unwrap().hold = false;
     finish_submitted(&mut h);

@@ -129,6 +129,8 @@ fn restrict(path: &std::path::Path, mode: u32, group: Option<libc::gid_t>) -> io
 pub struct ServeOptions {
     pub socket: Socket,
     pub num_queues: u16,
+    /// Threads serving the queues (queue q: thread q mod this).
+    pub queue_threads: u16,
     pub queue_size: u16,
     /// Busy-poll each queue for this long after its last work before sleeping.
     pub poll: Option<std::time::Duration>,
@@ -312,6 +314,7 @@ pub fn serve(disk: Arc<dyn Disk>, opts: &ServeOptions) -> Result<(), DaemonError
         let device = Arc::new(BlockDevice::new(
             disk.clone(),
             opts.num_queues,
+            opts.queue_threads,
             opts.queue_size,
             opts.poll,
             mem.clone(),

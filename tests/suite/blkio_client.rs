@@ -3,6 +3,7 @@
 //! daemon and in the host file.
 
 use std::path::Path;
+use std::time::Duration;
 
 use blkio::ReqFlags;
 use support::workload::{past_end_requests, random_io, submit_one, zeroing_requests, BUFFER_BYTES};
@@ -58,6 +59,13 @@ fn io_suite_run(aio: &str, cache: &str, extra: &[&str], expect: Option<(&str, Op
         )
         .unwrap();
         assert_eq!(client.capacity(), DISK_BYTES);
+        // A new thread takes its name once it first runs, which a loaded machine may delay.
+        let threads = expected_queue_threads(extra);
+        support::eventually(
+            &format!("{threads} vring threads with {extra:?}"),
+            Duration::from_secs(10),
+            || vring_threads(daemon.pid()) == threads,
+        );
         random_io(&mut client, &mut model, &mut rng, QUEUES);
         if let Some((counted, never)) = expect {
             let stats = daemon.wait_for_stats(&format!("{counted} on every queue"), |s| {
@@ -93,6 +101,21 @@ fn io_suite_run(aio: &str, cache: &str, extra: &[&str], expect: Option<(&str, Op
 
     let status = daemon.stop();
     assert!(status.success(), "vblkd exited with {status} after SIGTERM");
+}
+
+/// The vring threads (the library names them) of the daemon `pid`.
+fn vring_threads(pid: u32) -> usize {
+    let names = crate::sandbox::identities(pid).into_iter().map(|t| t.0);
+    names.filter(|name| name == "vring_worker").count()
+}
+
+/// The queue threads a daemon started with `extra` has for [`QUEUES`] queues: `--queue-threads`,
+/// or one per queue but no more than this machine's CPUs.
+fn expected_queue_threads(extra: &[&str]) -> usize {
+    match extra.iter().position(|&arg| arg == "--queue-threads") {
+        Some(at) => extra[at + 1].parse().unwrap(),
+        None => QUEUES.min(std::thread::available_parallelism().unwrap().get()),
+    }
 }
 
 #[test]
@@ -179,6 +202,26 @@ fn native_cache_none_polling() {
 #[test]
 fn threads_cache_writeback_polling() {
     io_suite_with("threads", "writeback", &["--poll-us", "100"]);
+}
+
+/// One thread serving both queues polls them together ([`vblkd::queue::poll_together`]); the
+/// data must not care, with polling or without.
+#[test]
+fn two_queues_on_one_polling_thread() {
+    io_suite_with(
+        "io_uring",
+        "none",
+        &["--queue-threads", "1", "--poll-us", "100"],
+    );
+}
+
+#[test]
+fn two_queues_on_one_thread_without_polling() {
+    io_suite_with(
+        "threads",
+        "writeback",
+        &["--queue-threads", "1", "--poll-us", "0"],
+    );
 }
 
 #[test]

@@ -96,6 +96,14 @@ fn bad_options_are_explained() {
         e.contains("unknown limit 'iops'") && e.contains("iops-total"),
         "{e}"
     );
+    let e = serve_error(
+        dir.path(),
+        &["--disk", img_s, "--num-queues", "2", "--queue-threads", "3"],
+    );
+    assert!(
+        e.contains("--queue-threads 3 is more than --num-queues 2") && e.contains("at most 2"),
+        "{e}"
+    );
     let e = serve_error(dir.path(), &["--disk", img_s, "--rerror", "enospc"]);
     assert!(e.contains("report") && e.contains("stop"), "{e}");
     let e = serve_error(dir.path(), &["--disk", img_s, "--seccomp", "strict"]);

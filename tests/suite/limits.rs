@@ -228,12 +228,20 @@ fn a_live_change_of_the_limits_takes_effect_within_a_second() {
 /// Two queues driven at once share the disk's one limit.
 #[test]
 fn two_queues_share_one_limit() {
+    two_queues_share_one_limit_with(&[]);
+}
+
+/// Also when one polling thread serves both: neither queue's wait for room stalls the other.
+#[test]
+fn two_queues_on_one_polling_thread_share_one_limit() {
+    two_queues_share_one_limit_with(&["--queue-threads", "1", "--poll-us", "100"]);
+}
+
+fn two_queues_share_one_limit_with(extra: &[&str]) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (daemon, _disk) = Daemon::on_new_file(
-        dir.path(),
-        "64M",
-        &["--num-queues", "2", "--throttle", "iops-total=400"],
-    );
+    let mut args = vec!["--num-queues", "2", "--throttle", "iops-total=400"];
+    args.extend_from_slice(extra);
+    let (daemon, _disk) = Daemon::on_new_file(dir.path(), "64M", &args);
     let mut client = connect(&daemon, 2);
     let (buffers, capacity) = target(&client);
     let load = (Mix::Both, 4096, 16);

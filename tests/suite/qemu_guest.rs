@@ -7,9 +7,14 @@ use support::guest::{check_guest, RunningGuest};
 use support::{limits, run_vblkd, Daemon};
 
 fn guest_test(aio: &str) {
+    guest_test_with(&["--aio", aio]);
+}
+
+fn guest_test_with(extra: &[&str]) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (daemon, disk) =
-        Daemon::on_new_file(dir.path(), "64M", &["--num-queues", "2", "--aio", aio]);
+    let mut args = vec!["--num-queues", "2"];
+    args.extend_from_slice(extra);
+    let (daemon, disk) = Daemon::on_new_file(dir.path(), "64M", &args);
     // GET_ID returns the file name by default.
     check_guest(daemon, || std::fs::read(&disk).unwrap(), Some("disk.img"));
 }
@@ -30,6 +35,13 @@ fn qemu_guest_native() {
 #[ignore = "needs QEMU and the test guest"]
 fn qemu_guest_threads() {
     guest_test("threads");
+}
+
+/// The guest's two queues (one per vCPU) on one polling thread.
+#[test]
+#[ignore = "needs QEMU and the test guest"]
+fn qemu_guest_two_queues_on_one_thread() {
+    guest_test_with(&["--queue-threads", "1"]);
 }
 
 /// Online resize: while the guest runs, `vblkd ctl resize` grows the disk; the guest sees the
