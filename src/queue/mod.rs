@@ -145,8 +145,9 @@ struct Round {
 enum LastLook {
     /// The worker goes back to sleep on the engine's completion fd afterwards: arm it first.
     BeforeSleep,
-    /// The worker keeps polling: no system call.
-    Polling,
+    /// The worker keeps polling: no system call. With `others`, its thread polls other
+    /// queues too, which get their turn after a queue's worth of requests from this one.
+    Polling { others: bool },
 }
 
 /// What happened to a chain taken from the avail ring.
@@ -421,14 +422,15 @@ impl QueueWorker {
     }
 
     /// One round of polling: takes what the ring holds, submits, reaps and publishes, with
-    /// notifications off (the guest need not kick: we look).
-    fn poll_round(&mut self, vring: &Vring) -> Round {
+    /// notifications off (the guest need not kick: we look). With `others`, the thread polls
+    /// other queues too, and the round ends after a queue's worth of requests.
+    fn poll_round(&mut self, vring: &Vring, others: bool) -> Round {
         // Each round takes the current memory map (the frontend may add regions while we
         // poll) and the vring lock afresh (the control thread may need it between rounds).
         let mem = self.current_memory();
         let mut state = vring.get_mut();
         let completed = self.completed;
-        let avail = self.serve_batches(&mut state, &mem, LastLook::Polling);
+        let avail = self.serve_batches(&mut state, &mem, LastLook::Polling { others });
         Round {
             avail,
             completed: self.completed != completed,
@@ -481,8 +483,12 @@ impl QueueWorker {
             self.reap();
             self.publish(state, mem);
             result = Avail::Took;
-            // Capped: a guest that keeps the ring busy keeps this loop going.
+            // Capped: a guest that keeps the ring busy keeps this loop going — or, on a thread
+            // that serves other queues too, hands over to them after 1 + 2 + ... + 128.
             batch = (batch * 2).min(MAX_BATCH);
+            if batch == MAX_BATCH && last == (LastLook::Polling { others: true }) {
+                return Avail::Took;
+            }
         }
     }
 
@@ -677,7 +683,7 @@ impl QueueWorker {
     fn last_look(&mut self, state: &mut RingState, mem: &GuestMemory, last: LastLook) {
         match last {
             LastLook::BeforeSleep => self.arm_and_reap(),
-            LastLook::Polling => self.reap(),
+            LastLook::Polling { .. } => self.reap(),
         }
         self.publish(state, mem);
     }

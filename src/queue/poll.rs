@@ -59,7 +59,7 @@ pub fn poll_together<'a, W>(
             let Some((mut worker, vring)) = worker(k) else {
                 continue;
             };
-            let round = worker.poll_round(vring);
+            let round = worker.poll_round(vring, queues > 1);
             match round.avail {
                 Avail::Took => took = true,
                 Avail::Held => held = true,
