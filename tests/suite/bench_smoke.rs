@@ -36,6 +36,8 @@ fn assert_clean_run(r: &Value, with_daemon: bool) {
         "{r}"
     );
     assert_eq!(r["daemon_cpu_us_per_io"].is_f64(), with_daemon, "{r}");
+    let steal = r["steal_percent"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&steal), "{r}");
 }
 
 #[test]

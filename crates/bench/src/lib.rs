@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use procstat::{page_cache_bytes, ProcessSample};
+pub use procstat::{page_cache_bytes, CpuTicks, ProcessSample};
 use rng::Rng;
 pub use vblkd::util::histogram::Histogram;
 
@@ -136,6 +136,10 @@ pub struct RunResult {
     /// completed and resubmitted together), which leaves the disk idle between windows.
     #[serde(default)]
     pub completions_per_wait: f64,
+    /// The share of the machine's CPU time its hypervisor took over the measured window, in
+    /// percent: a run with much of it measured the neighbours as much as the daemon.
+    #[serde(default)]
+    pub steal_percent: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,7 +359,9 @@ pub fn run(
     let before = watched.daemon.map(sample).transpose()?;
     let backend_before = watched.backend.map(sample).transpose()?;
     let cache_before = page_cache_bytes().unwrap_or(0);
+    let ticks_before = CpuTicks::read().unwrap_or_default();
     sleep_until(timing.measure_end);
+    let ticks_after = CpuTicks::read().unwrap_or_default();
     let after = watched.daemon.map(sample).transpose()?;
     let backend_after = watched.backend.map(sample).transpose()?;
     let cache_after = page_cache_bytes().unwrap_or(0);
@@ -400,6 +406,7 @@ pub fn run(
         backend_cpu_us_per_io: backend_cost.map(|c| per_io(c.cpu_ns) / 1000.0),
         page_cache_growth_mib: (cache_after as f64 - cache_before as f64) / (1 << 20) as f64,
         completions_per_wait: total.completions as f64 / total.waits.max(1) as f64,
+        steal_percent: ticks_after.steal_percent_since(&ticks_before),
     })
 }
 
@@ -460,8 +467,9 @@ pub fn format_result(r: &RunResult) -> String {
         s += &format!("  backend: {cpu:.2} µs CPU per I/O\n");
     }
     s += &format!(
-        "  client: {:.1} completions per wait\n  page cache growth: {:.1} MiB\n",
-        r.completions_per_wait, r.page_cache_growth_mib
+        "  client: {:.1} completions per wait\n  page cache growth: {:.1} MiB\n  steal: {:.1} % \
+         of the machine's CPU time taken by its hypervisor\n",
+        r.completions_per_wait, r.page_cache_growth_mib, r.steal_percent
     );
     s
 }

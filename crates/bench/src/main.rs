@@ -51,6 +51,13 @@ struct MatrixArgs {
     /// a ceiling above the disk's latency (e.g. 200) shows what covering the disk gains at QD1.
     #[arg(long, default_value_t = 0)]
     poll_us: u32,
+    /// Repeat a run during which the machine's hypervisor took more than this share of its CPU
+    /// time (steal, in percent), and keep the quietest of the tries.
+    #[arg(long, default_value_t = 5.0)]
+    max_steal: f64,
+    /// How many times at most a run is repeated for --max-steal.
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
     /// The vblkd to measure; default: the one beside this program, else on PATH.
     #[arg(long, value_name = "PATH")]
     vblkd: Option<PathBuf>,
@@ -169,6 +176,8 @@ fn matrix(args: MatrixArgs) -> Result<(), Box<dyn std::error::Error>> {
         vblkd: args.vblkd.unwrap_or_else(matrix::vblkd_beside_this_program),
         vblkd_args: args.vblkd_args,
         poll_us: args.poll_us,
+        max_steal: args.max_steal,
+        retries: args.retries,
     })?;
     println!("report written to {}", report.display());
     Ok(())

@@ -20,6 +20,8 @@ pub struct Context {
     pub load_cpus: Vec<usize>,
     pub vblkd_args: Vec<String>,
     pub poll_us: u32,
+    pub max_steal: f64,
+    pub retries: u32,
 }
 
 /// One speed target and how this run measured against it.
@@ -209,7 +211,10 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
          file; \"× QSD\" with qemu-storage-daemon in the same aio and cache mode. CPU and context \
          switches are the daemon's (all threads), per I/O; compl/wait is how many completions the \
          client collected per wait (near the queue depth: lock-step, see docs/benchmarks.md); \
-         page cache is the growth of the host's Cached + Buffers over the measured window.\n"
+         page cache is the growth of the host's Cached + Buffers over the measured window; steal \
+         is the share of the machine's CPU time its hypervisor took meanwhile (a run with more \
+         than {:.0} % was repeated, up to {} times, and the quietest kept).\n",
+        ctx.max_steal, ctx.retries
     );
 
     let _ = writeln!(
@@ -241,7 +246,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
     for w in workloads {
         let _ = writeln!(
             md,
-            "\n## {}\n\n| daemon | mode | IOPS | MiB/s | mean µs | p50 µs | p99 µs | p99.9 µs | CPU µs/IO | ctx sw/IO | compl/wait | page cache Δ MiB | × direct | × QSD |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "\n## {}\n\n| daemon | mode | IOPS | MiB/s | mean µs | p50 µs | p99 µs | p99.9 µs | CPU µs/IO | ctx sw/IO | compl/wait | page cache Δ MiB | steal % | × direct | × QSD |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             w.label()
         );
         for row in rows.iter().filter(|row| same_shape(&row.workload, w)) {
@@ -250,7 +255,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
                 Err(e) => {
                     let _ = writeln!(
                         md,
-                        "| {} | {} | **FAILED**: {} | | | | | | | | | | | |",
+                        "| {} | {} | **FAILED**: {} | | | | | | | | | | | | |",
                         c.peer.name(),
                         c.mode(),
                         e.replace('|', "/").replace('\n', " ")
@@ -261,7 +266,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
                     let vs_qsd = r.qsd_peer(c, w).map(|q| res.iops / q.iops);
                     let _ = writeln!(
                         md,
-                        "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {} | {} |",
+                        "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
                         c.peer.name(),
                         c.mode(),
                         res.iops,
@@ -274,6 +279,7 @@ pub fn render(rows: &[Row], ctx: &Context, charts: &[(String, String)]) -> Strin
                         opt(res.daemon_ctx_switches_per_io, 2),
                         res.completions_per_wait,
                         res.page_cache_growth_mib,
+                        res.steal_percent,
                         opt(vs_direct, 2),
                         opt(vs_qsd, 2),
                     );
@@ -338,6 +344,7 @@ mod tests {
             backend_cpu_us_per_io: None,
             page_cache_growth_mib: 0.0,
             completions_per_wait: 1.0,
+            steal_percent: 0.0,
         }
     }
 
@@ -445,6 +452,8 @@ mod tests {
             load_cpus: vec![0],
             vblkd_args: vec![],
             poll_us: 0,
+            max_steal: 5.0,
+            retries: 2,
         };
         let md = render(&sample_rows(), &ctx, &[("iops.svg".into(), "IOPS".into())]);
         assert!(md.contains("## randread bs=4k qd=32 queues=1"));
