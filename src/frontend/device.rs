@@ -31,7 +31,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use vhost::vhost_user::message::{
@@ -200,10 +200,26 @@ impl BlockDevice {
         Ok(())
     }
 
-    /// Locks queue `queue`'s worker; starts it first if its ring was started since (before
-    /// the worker resubmits what a predecessor left in flight, the disk is made ours).
-    fn worker_started(&self, queue: usize, vring: &Vring) -> Option<MutexGuard<'_, QueueWorker>> {
-        let mut worker = self.worker(self.workers.get(queue)?);
+    /// Locks queue `queue`'s worker — unless `wait` is false and the control thread holds it
+    /// (draining the queue for GET_VRING_BASE: a polling thread serves its other queues
+    /// meanwhile) — and starts it first if its ring was started since (before the worker
+    /// resubmits what a predecessor left in flight, the disk is made ours).
+    fn worker_started(
+        &self,
+        queue: usize,
+        vring: &Vring,
+        wait: bool,
+    ) -> Option<MutexGuard<'_, QueueWorker>> {
+        let worker = self.workers.get(queue)?;
+        let mut worker = if wait {
+            self.worker(worker)
+        } else {
+            match worker.try_lock() {
+                Ok(worker) => worker,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return None,
+            }
+        };
         if !worker.is_started() && vring.get_ref().get_queue().ready() {
             self.ring_starting(queue);
             let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -428,7 +444,7 @@ impl VhostUserBackend for BlockDevice {
         if let (Some(windows), Event::Kick | Event::Completion) = (windows.as_mut(), event) {
             windows.woke();
         }
-        let polling = match self.worker_started(usize::from(queue), vring) {
+        let polling = match self.worker_started(usize::from(queue), vring, true) {
             Some(mut worker) => match event {
                 Event::Kick => worker.on_kick(vring),
                 Event::Completion => worker.on_completion(vring),
@@ -439,7 +455,8 @@ impl VhostUserBackend for BlockDevice {
         if let (Some(windows), Polling::Yes) = (windows.as_mut(), polling) {
             poll_together(windows, thread.queues.len(), |k| {
                 let vring = vrings.get(k)?;
-                let worker = self.worker_started(usize::from(*thread.queues.get(k)?), vring)?;
+                let queue = usize::from(*thread.queues.get(k)?);
+                let worker = self.worker_started(queue, vring, false)?;
                 worker.is_started().then_some((worker, vring))
             });
         }
