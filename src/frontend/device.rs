@@ -105,7 +105,6 @@ impl BlockDevice {
     /// fresh engine, served by `threads` threads, busy-polling for `poll` after work if set.
     /// `mem` is the guest memory the vhost-user library maintains; `state` is what outlives
     /// the connection.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         disk: Arc<dyn Disk>,
         num_queues: u16,
