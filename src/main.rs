@@ -43,8 +43,9 @@ fn default_poll_us(disk: DiskKind) -> u32 {
 
 /// The queue threads a device gets without `--queue-threads`: one per queue, but no more than
 /// the CPUs this process may run on (its affinity and cgroup quota). Beyond that, polling
-/// threads only take turns on a CPU: two queues' pollers pinned to one CPU did 1.3x one queue
-/// on the null disk, one thread polling both [figure in docs/benchmarks.md].
+/// threads only take turns on a CPU: two queues pinned to one CPU did as well with one thread
+/// polling both as with two pollers, and spun one thread instead of two (docs/benchmarks.md,
+/// "Queue threads").
 fn default_queue_threads(num_queues: u16) -> u16 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     num_queues

@@ -384,8 +384,7 @@ impl QueueWorker {
         let mem = self.current_memory();
         self.publish(&mut vring.get_mut(), &mem);
         if self.config.poll.is_some() {
-            self.release_held();
-            return Polling::Yes;
+            return self.serve(vring);
         }
         Polling::No
     }
