@@ -121,6 +121,85 @@ fn while_logging_every_page_the_daemon_writes_is_marked_and_only_then() {
     }
 }
 
+/// What QEMU does to a running ring when dirty logging starts and stops (a migration begins,
+/// or is cancelled): SET_FEATURES and SET_VRING_ADDR again, while the guest's requests keep
+/// completing. Whatever the daemon does with them, every request completes exactly once and
+/// the used index only moves forward. (Once, SET_VRING_ADDR reset the ring's next used index
+/// from guest memory with the queue thread publishing in between: completions were
+/// overwritten, and a guest whose migration was cancelled waited forever for one.)
+#[test]
+fn ring_addresses_sent_again_on_a_running_ring_lose_no_completion() {
+    use std::collections::HashSet;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let daemon = Daemon::start(dir.path(), &["--disk", "null:1M", "--queue-size", "128"]);
+    let mut guest = Guest::attach_with(
+        &daemon.socket,
+        Setup {
+            queue_size: 128,
+            dirty_log: true,
+            ..Setup::default()
+        },
+    );
+    const REQUESTS: u16 = 32;
+    let heads: Vec<u16> = (0..REQUESTS)
+        .map(|slot| guest.place_request(slot, u64::from(slot) * 8, None))
+        .collect();
+    let mut in_flight: HashSet<u16> = heads.iter().copied().collect();
+    guest.make_available(&heads);
+    guest.kick.write(1).unwrap();
+    let config = guest.ring_config();
+    let mut completed = 0u64;
+    for round in 0..20_000u32 {
+        if round % 1000 == 0 {
+            // The log toggles now and then, as at a migration's start and cancel.
+            if round % 2000 == 0 {
+                guest.start_dirty_log();
+            } else {
+                guest.stop_dirty_log();
+            }
+        }
+        guest.frontend.set_vring_addr(0, &config).unwrap();
+        let used_before = guest.used_seen;
+        let used = guest.take_used();
+        assert!(
+            used.len() <= usize::from(REQUESTS),
+            "round {round}: the used index jumped from {used_before} to {} with {REQUESTS} \
+             requests in flight (it went back)",
+            guest.used_idx()
+        );
+        let mut again = Vec::new();
+        for (id, _) in used {
+            let head = u16::try_from(id).unwrap();
+            assert!(
+                in_flight.remove(&head),
+                "round {round}: head {head} completed but was not in flight"
+            );
+            again.push(head);
+        }
+        completed += again.len() as u64;
+        in_flight.extend(&again);
+        guest.make_available(&again);
+        guest.kick.write(1).unwrap();
+    }
+    guest.stop_dirty_log();
+    // Every request still out comes back (looked for in the used ring itself, so that a lost
+    // interrupt would not count as a lost request).
+    let mut more = 0;
+    support::eventually("every request coming back", support::limits::REPLY, || {
+        for (id, _) in guest.take_used() {
+            let head = u16::try_from(id).unwrap();
+            assert!(in_flight.remove(&head), "head {head} completed twice");
+            more += 1;
+        }
+        in_flight.is_empty()
+    });
+    completed += more;
+    // Requests completed while the messages were handled, or nothing raced.
+    assert!(completed >= 10_000, "only {completed} requests completed");
+    drop(guest);
+    assert!(daemon.stop().success());
+}
+
 /// Waits until /proc/locks lists no lock on `path`'s inode: the kernel closes an exited
 /// process's io_uring files (and so drops their locks) a moment after it exits.
 fn wait_unlocked(path: &Path) {

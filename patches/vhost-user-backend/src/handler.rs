@@ -495,7 +495,11 @@ where
             let used_ring = self
                 .vmm_va_to_gpa(used)
                 .map_err(|e| VhostUserError::ReqHandlerError(io::Error::other(e)))?;
-            vring
+            // One lock for all of it: QEMU sends this message to running rings too (dirty
+            // logging starts or stops), and a queue thread that published between reading the
+            // used index and setting it would have its entries overwritten by the next ones.
+            let mut state = vring.get_mut();
+            state
                 .set_queue_info(desc_table, avail_ring, used_ring)
                 .map_err(|_| VhostUserError::InvalidParam)?;
 
@@ -509,10 +513,10 @@ where
             // Note: I'm not sure why QEMU's vhost-user library sets the 'user' index here,
             // _probably_ to make sure that the VQ is already configured. A better solution would
             // be to receive the 'used' index in SET_VRING_BASE, as is done when using packed VQs.
-            let idx = vring
+            let idx = state
                 .queue_used_idx()
                 .map_err(|_| VhostUserError::BackendInternalError)?;
-            vring.set_queue_next_used(idx);
+            state.set_queue_next_used(idx);
 
             Ok(())
         } else {

@@ -205,12 +205,12 @@ impl<M: GuestAddressSpace> VringState<M> {
     }
 
     /// Set queue next used head.
-    fn set_queue_next_used(&mut self, idx: u16) {
+    pub(crate) fn set_queue_next_used(&mut self, idx: u16) {
         self.queue.set_next_used(idx);
     }
 
     /// Get queue next used head index from the guest memory.
-    fn queue_used_idx(&self) -> Result<u16, VirtQueError> {
+    pub(crate) fn queue_used_idx(&self) -> Result<u16, VirtQueError> {
         self.queue
             .used_idx(self.mem.memory().deref(), Ordering::Relaxed)
             .map(|idx| idx.0)
