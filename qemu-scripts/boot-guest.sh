@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Boots the test guest (see build-guest.sh) under TCG with its disk served by a vhost-user-blk
 # daemon listening on SOCKET. The console is on stdin/stdout; the guest powers off when done.
-# Two vCPUs, so that the guest's virtio-blk driver uses two queues.
+# Two vCPUs, so that the guest's virtio-blk driver uses two queues (VBLKD_GUEST_CPUS=1 for one:
+# a guest pinned to one host CPU, whose two vCPU threads would only take turns).
 #
 #   qemu-scripts/boot-guest.sh SOCKET [NUM_QUEUES]
 #
@@ -26,7 +27,7 @@ else
     devices=(-chardev "$chardev" -device vhost-user-blk-pci,chardev=c0,num-queues="$queues")
 fi
 "$here/build-guest.sh"
-exec qemu-system-x86_64 -accel tcg -smp 2 -m 512 \
+exec qemu-system-x86_64 -accel tcg -smp "${VBLKD_GUEST_CPUS:-2}" -m 512 \
     -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
     -nographic -no-reboot -nodefaults -serial stdio \
     -kernel "$cache/vmlinuz" -initrd "$cache/initrd.gz" \
