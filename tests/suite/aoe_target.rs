@@ -210,8 +210,10 @@ fn aoe_target_serves_linux_aoe_driver() {
     let target = Daemon::export_with(&wrapper, dir.path(), &["-i", "vtap", &e37]);
     let ro_target = Daemon::export_with(&wrapper, dir.path(), &["-i", "vtap", "--read-only", &e38]);
 
-    let guest = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns])
+    // A guest whose network stalls would otherwise hold the test (and CI) until it is killed.
+    let limit = support::limits::GUEST_RUN.as_secs().to_string();
+    let guest = std::process::Command::new("timeout")
+        .args([limit.as_str(), "ip", "netns", "exec", &ns])
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/qemu-scripts/boot-guest.sh"
@@ -225,7 +227,9 @@ fn aoe_target_serves_linux_aoe_driver() {
     eprintln!("{console}");
     assert!(
         guest.status.success(),
-        "qemu failed: {}",
+        "qemu failed, or ran past {:?} ({}): {}",
+        support::limits::GUEST_RUN,
+        guest.status,
         String::from_utf8_lossy(&guest.stderr)
     );
     let report: std::collections::HashMap<&str, &str> = console
