@@ -20,6 +20,8 @@ enum Owner {
     Borrowed { _keeper: Arc<dyn Send + Sync> },
     /// A buffer of our own (a bounce buffer; a test's data).
     Aligned(AlignedBuffer),
+    /// Buffers of our own, one after another (an AoE target's neighbouring commands).
+    AlignedParts(Vec<AlignedBuffer>),
 }
 
 impl std::fmt::Debug for DataBuffers {
@@ -76,6 +78,34 @@ impl DataBuffers {
         }
     }
 
+    /// The first `len` bytes of each buffer, in order, as one transfer;
+    /// [`Self::take_aligned`] gives them back whole.
+    ///
+    /// # Panics
+    /// If a length is more than its buffer holds.
+    pub fn aligned_parts(parts: impl IntoIterator<Item = (AlignedBuffer, usize)>) -> Self {
+        let (iovecs, buffers) = parts
+            .into_iter()
+            .map(|(buffer, len)| {
+                let whole = *buffer.iovec();
+                assert!(
+                    len <= whole.iov_len,
+                    "{len} bytes from a buffer of {}",
+                    whole.iov_len
+                );
+                let part = libc::iovec {
+                    iov_base: whole.iov_base,
+                    iov_len: len,
+                };
+                (part, buffer)
+            })
+            .unzip();
+        DataBuffers {
+            iovecs,
+            owner: Owner::AlignedParts(buffers),
+        }
+    }
+
     /// The buffers, valid while `self` lives.
     pub fn iovecs(&self) -> &[libc::iovec] {
         &self.iovecs
@@ -97,11 +127,20 @@ impl DataBuffers {
         self.iovecs = rest;
     }
 
-    /// The buffer of our own these were made from, if any.
+    /// The buffer of our own these were made from, if there is exactly one.
     pub fn into_aligned(self) -> Option<AlignedBuffer> {
         match self.owner {
             Owner::Aligned(buffer) => Some(buffer),
-            Owner::Borrowed { .. } => None,
+            Owner::AlignedParts(_) | Owner::Borrowed { .. } => None,
+        }
+    }
+
+    /// Appends the buffers of our own these were made from, in order, to `out`.
+    pub fn take_aligned(self, out: &mut Vec<AlignedBuffer>) {
+        match self.owner {
+            Owner::Aligned(buffer) => out.push(buffer),
+            Owner::AlignedParts(buffers) => out.extend(buffers),
+            Owner::Borrowed { .. } => {}
         }
     }
 
@@ -109,5 +148,40 @@ impl DataBuffers {
     pub fn recycle(mut self) -> Vec<libc::iovec> {
         self.iovecs.clear();
         self.iovecs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_one_transfer_and_come_back_whole_in_order() {
+        let a = AlignedBuffer::new(4096).unwrap();
+        let b = AlignedBuffer::new(8192).unwrap();
+        let (a_base, b_base) = (a.iovec().iov_base, b.iovec().iov_base);
+        let data = DataBuffers::aligned_parts([(a, 1024), (b, 8192)]);
+        let iovs: Vec<_> = data
+            .iovecs()
+            .iter()
+            .map(|v| (v.iov_base, v.iov_len))
+            .collect();
+        assert_eq!(iovs, [(a_base, 1024), (b_base, 8192)]);
+        assert_eq!(data.len(), 9216);
+        let mut back = Vec::new();
+        data.take_aligned(&mut back);
+        let whole: Vec<_> = back
+            .iter()
+            .map(|b| (b.iovec().iov_base, b.iovec().iov_len))
+            .collect();
+        assert_eq!(whole, [(a_base, 4096), (b_base, 8192)]);
+    }
+
+    #[test]
+    fn only_a_single_buffer_comes_back_as_one() {
+        let one = DataBuffers::aligned(AlignedBuffer::new(512).unwrap());
+        assert!(one.into_aligned().is_some());
+        let parts = DataBuffers::aligned_parts([(AlignedBuffer::new(512).unwrap(), 512)]);
+        assert!(parts.into_aligned().is_none());
     }
 }
