@@ -63,17 +63,8 @@ impl DataBuffers {
     /// # Panics
     /// If `len` is more than the buffer holds.
     pub fn aligned_prefix(buffer: AlignedBuffer, len: usize) -> Self {
-        let whole = *buffer.iovec();
-        assert!(
-            len <= whole.iov_len,
-            "{len} bytes from a buffer of {}",
-            whole.iov_len
-        );
         DataBuffers {
-            iovecs: vec![libc::iovec {
-                iov_base: whole.iov_base,
-                iov_len: len,
-            }],
+            iovecs: vec![prefix(&buffer, len)],
             owner: Owner::Aligned(buffer),
         }
     }
@@ -86,19 +77,7 @@ impl DataBuffers {
     pub fn aligned_parts(parts: impl IntoIterator<Item = (AlignedBuffer, usize)>) -> Self {
         let (iovecs, buffers) = parts
             .into_iter()
-            .map(|(buffer, len)| {
-                let whole = *buffer.iovec();
-                assert!(
-                    len <= whole.iov_len,
-                    "{len} bytes from a buffer of {}",
-                    whole.iov_len
-                );
-                let part = libc::iovec {
-                    iov_base: whole.iov_base,
-                    iov_len: len,
-                };
-                (part, buffer)
-            })
+            .map(|(buffer, len)| (prefix(&buffer, len), buffer))
             .unzip();
         DataBuffers {
             iovecs,
@@ -148,6 +127,23 @@ impl DataBuffers {
     pub fn recycle(mut self) -> Vec<libc::iovec> {
         self.iovecs.clear();
         self.iovecs
+    }
+}
+
+/// The first `len` bytes of `buffer`.
+///
+/// # Panics
+/// If `len` is more than the buffer holds.
+fn prefix(buffer: &AlignedBuffer, len: usize) -> libc::iovec {
+    let whole = *buffer.iovec();
+    assert!(
+        len <= whole.iov_len,
+        "{len} bytes from a buffer of {}",
+        whole.iov_len
+    );
+    libc::iovec {
+        iov_base: whole.iov_base,
+        iov_len: len,
     }
 }
 
