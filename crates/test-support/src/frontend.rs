@@ -423,18 +423,42 @@ impl Guest {
         payload
     }
 
-    /// How many heads of queue 0 the in-flight buffer marks as taken and not completed (the
-    /// daemon's bookkeeping, which the frontend can read: the vhost-user layout, a 16-byte
-    /// header then 16 bytes per descriptor, the first of them the in-flight flag).
+    /// How many heads of queue 0 the in-flight buffer marks as taken and not completed.
     pub fn heads_in_flight(&self) -> usize {
+        self.marked_heads().len()
+    }
+
+    /// How many distinct heads of queue 0 the daemon has taken: those in the used ring and
+    /// those the in-flight buffer marks. A union, not a sum: between writing a head's used
+    /// entry and clearing its mark the daemon has it in both, and a sum read in that window
+    /// counts a request that was never taken. Exact while the ring, started at index 0, has
+    /// had fewer requests than its size.
+    pub fn heads_taken(&self) -> usize {
+        // The used index first: a head published after it is read is still marked, or was
+        // cleared and is missed (an undercount, which the next look corrects).
+        let used = self.used_idx().min(self.queue_size);
+        let mut heads = self.marked_heads();
+        heads.extend((0..used).map(|slot| {
+            let id: u32 = self
+                .mem
+                .read_obj(GuestAddress(USED + 4 + 8 * u64::from(slot)))
+                .unwrap();
+            u16::try_from(u32::from_le(id)).expect("a head below 2^16")
+        }));
+        heads.len()
+    }
+
+    /// The heads of queue 0 the in-flight buffer marks (the daemon's bookkeeping, which the
+    /// frontend can read: the vhost-user layout, a 16-byte header then 16 bytes per
+    /// descriptor, the first of them the in-flight flag).
+    fn marked_heads(&self) -> std::collections::BTreeSet<u16> {
         use std::os::unix::fs::FileExt;
         let (info, file) = self.inflight.as_ref().expect("an in-flight buffer");
         let mut region = vec![0u8; 16 + 16 * usize::from(info.queue_size)];
         file.read_exact_at(&mut region, info.mmap_offset).unwrap();
-        region[16..]
-            .chunks(16)
-            .filter(|entry| entry[0] == 1)
-            .count()
+        (0..info.queue_size)
+            .filter(|&head| region[16 + 16 * usize::from(head)] == 1)
+            .collect()
     }
 
     pub fn slot_status(&self, slot: u16) -> u8 {
