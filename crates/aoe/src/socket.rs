@@ -192,6 +192,15 @@ impl RawSocket {
         Ok(())
     }
 
+    /// The bytes of virtio-net header the kernel puts in front of each frame it delivers.
+    pub(super) fn vnet_header_len(&self) -> usize {
+        if self.vnet_header {
+            VNET_HEADER_LEN
+        } else {
+            0
+        }
+    }
+
     /// Makes [`Self::send_batch`] hand the kernel each frame as one linear buffer (see the
     /// module docs). Must come before a ring is attached (the kernel refuses it after).
     pub fn send_linear(&mut self) -> io::Result<()> {
