@@ -216,7 +216,16 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
     let mut disks = Vec::with_capacity(config.exports.len());
     for spec in &config.exports {
         let in_export = |e: &dyn std::fmt::Display| format!("e{}.{}: {e}", spec.shelf, spec.slot);
-        let disk = crate::disk::open(&spec.disk, &config.disk_options).map_err(|e| match e {
+        // A file's engine registers the export's receive ring (memory the kernel holds
+        // anyway) with io_uring, so that writes from it pin nothing per write.
+        let options = match spec.disk.kind() {
+            DiskKind::File => DiskOptions {
+                fixed_buffers: Some(u64::MAX),
+                ..config.disk_options.clone()
+            },
+            _ => config.disk_options.clone(),
+        };
+        let disk = crate::disk::open(&spec.disk, &options).map_err(|e| match e {
             OpenError::Disk(DiskError::BlockSizeTooSmall { path, .. }) => in_export(&format!(
                 "{} rejects 512-byte direct I/O, and AoE sectors are 512 bytes; export it with --cache writeback",
                 path.display()

@@ -20,8 +20,8 @@
 //!   a busy-polling worker can call it in a loop. It leaves the completion fd as it is; the
 //!   worker calls [`Engine::arm`] before it sleeps on it, and reaps once more.
 //! - What only some engines need is asked for, not branched on: how the engine wakes the
-//!   worker ([`Engine::wakeup`]) and what it does with the guest's memory map
-//!   ([`Engine::set_guest_memory`]).
+//!   worker ([`Engine::wakeup`]) and what it does with the memory the I/O points into
+//!   ([`Engine::set_io_memory`]: the guest's memory map, an AoE target's receive ring).
 //!
 //! Every engine instance belongs to exactly one queue worker: no lock or ring is shared between
 //! queues. Engines hold an `Arc` of the file they do I/O on, so it outlives them whatever the
@@ -50,6 +50,63 @@ pub use null::NullEngine;
 pub use rbd::RbdEngine;
 pub use threads::ThreadPool;
 pub use uring::{probe_io_uring, FixedBufferCounters, UringEngine};
+
+/// Memory that a worker's I/O points into, which an engine may prepare for: a guest's memory
+/// map, an AoE target's receive ring.
+#[derive(Clone)]
+pub struct IoMemory {
+    /// What it is, for the log.
+    pub what: &'static str,
+    regions: Vec<libc::iovec>,
+    keeper: Arc<dyn Send + Sync>,
+}
+
+// SAFETY: the iovecs only describe memory `keeper` keeps mapped, and it is Send + Sync.
+unsafe impl Send for IoMemory {}
+
+impl IoMemory {
+    /// The regions of a guest's memory map.
+    pub fn guest(mem: &Arc<GuestMemory>) -> Self {
+        use vm_memory::GuestMemoryBackend as _;
+        let regions = mem
+            .iter()
+            .map(|region| libc::iovec {
+                iov_base: region.as_ptr().cast(),
+                iov_len: region.size(),
+            })
+            .collect();
+        IoMemory {
+            what: "guest memory",
+            regions,
+            keeper: mem.clone(),
+        }
+    }
+
+    /// Memory of `regions`, which `keeper` keeps mapped.
+    ///
+    /// # Safety
+    /// Every region must stay mapped, readable and writable, for as long as `keeper` lives.
+    pub unsafe fn new(
+        what: &'static str,
+        regions: Vec<libc::iovec>,
+        keeper: Arc<dyn Send + Sync>,
+    ) -> Self {
+        IoMemory {
+            what,
+            regions,
+            keeper,
+        }
+    }
+
+    pub fn regions(&self) -> &[libc::iovec] {
+        &self.regions
+    }
+
+    /// What keeps the regions mapped.
+    pub fn keeper(&self) -> &Arc<dyn Send + Sync> {
+        &self.keeper
+    }
+}
 
 /// How an engine's completion fd wakes the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +150,11 @@ pub trait Engine: Send {
         Wakeup::OnCompletion
     }
 
-    /// The guest memory the worker's requests point into, whenever the frontend changes the
-    /// memory table (and once at the start). An engine that can prepare for it — io_uring
-    /// registers it as fixed buffers — does so; the default ignores it.
-    fn set_guest_memory(&mut self, _mem: &Arc<GuestMemory>) {}
+    /// The memory the worker's requests point into: the guest's, whenever the frontend
+    /// changes the memory table (and once at the start); an AoE target's receive ring. An
+    /// engine that can prepare for it — io_uring registers it as fixed buffers — does so; the
+    /// default ignores it.
+    fn set_io_memory(&mut self, _memory: &IoMemory) {}
 }
 
 /// Reaps what `engine` has finished into `out`, or, if nothing has, waits until its completion

@@ -27,13 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
-use vm_memory::GuestMemoryBackend as _;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::pending::Pending;
-use super::{drain_eventfd, Completion, Direction, Engine, IoOp, ThreadPool};
+use super::{drain_eventfd, Completion, Direction, Engine, IoMemory, IoOp, ThreadPool};
 use crate::util::ratelimit::limited;
-use crate::GuestMemory;
 
 /// The io_uring engine of one queue.
 pub struct UringEngine {
@@ -81,9 +79,9 @@ impl FixedBufferCounters {
 /// Guest memory registered with the ring.
 #[derive(Default)]
 struct FixedBuffers {
-    /// The memory registered. Holding it keeps the registered mappings alive until the
-    /// registration is replaced, as `register_buffers_update` requires.
-    mem: Option<Arc<GuestMemory>>,
+    /// What keeps the registered memory mapped until the registration is replaced, as
+    /// `register_buffers_update` requires.
+    keeper: Option<Arc<dyn Send + Sync>>,
     /// Host address ranges of the registered buffers; the position is the buffer index.
     bufs: Vec<libc::iovec>,
     /// Whether the kernel has READV_FIXED and WRITEV_FIXED.
@@ -95,7 +93,7 @@ struct FixedBuffers {
     counters: Option<Arc<FixedBufferCounters>>,
 }
 
-// SAFETY: the iovecs only describe mappings of `mem`, which is shared, immutable and Send.
+// SAFETY: the iovecs only describe memory that `keeper`, which is Send + Sync, keeps mapped.
 unsafe impl Send for FixedBuffers {}
 
 impl FixedBuffers {
@@ -241,11 +239,12 @@ impl UringEngine {
         })
     }
 
-    /// Registers `mem`'s regions as the ring's fixed buffers, replacing what was registered.
-    fn register(&mut self, mem: &Arc<GuestMemory>) {
+    /// Registers `memory`'s regions as the ring's fixed buffers, replacing what was
+    /// registered.
+    fn register(&mut self, memory: &IoMemory) {
         let mut bufs = Vec::new();
-        for region in mem.iter() {
-            let (base, len) = (region.as_ptr(), region.size());
+        for region in memory.regions() {
+            let (base, len) = (region.iov_base.cast::<u8>(), region.iov_len);
             for start in (0..len).step_by(MAX_FIXED_BUFFER) {
                 bufs.push(libc::iovec {
                     // Pointer arithmetic only: `start` is inside the region.
@@ -260,8 +259,9 @@ impl UringEngine {
         if total > max_bytes {
             limited!(
                 log::Level::Warn,
-                "io_uring: guest memory ({} MiB) is more than --fixed-buffers allows ({} MiB); \
-                 not registering it",
+                "io_uring: {} ({} MiB) is more than --fixed-buffers allows ({} MiB); not \
+                 registering it",
+                memory.what,
                 total >> 20,
                 max_bytes >> 20
             );
@@ -277,8 +277,9 @@ impl UringEngine {
                 iov_len: 0,
             },
         );
-        // SAFETY: each iovec describes a mapping of `mem`, which `self.fixed.mem` keeps alive
-        // until the next update replaces these entries; the kernel pins the pages meanwhile.
+        // SAFETY: each iovec describes memory that `memory`'s keeper, kept in
+        // `self.fixed.keeper`, keeps mapped until the next update replaces these entries; the
+        // kernel pins the pages meanwhile.
         match unsafe {
             self.ring
                 .submitter()
@@ -288,9 +289,10 @@ impl UringEngine {
                 if !bufs.is_empty() {
                     limited!(
                         log::Level::Info,
-                        "io_uring: guest memory registered as {} fixed buffers ({} regions)",
+                        "io_uring: {} registered as {} fixed buffers ({} regions)",
+                        memory.what,
                         bufs.len(),
-                        mem.num_regions()
+                        memory.regions().len()
                     );
                     self.fixed.count(|c| &c.registered);
                 }
@@ -299,13 +301,14 @@ impl UringEngine {
             Err(e) => {
                 limited!(
                     log::Level::Warn,
-                    "io_uring: cannot register guest memory as fixed buffers ({e}); requests \
-                     pin guest pages one by one"
+                    "io_uring: cannot register {} as fixed buffers ({e}); requests pin its \
+                     pages one by one",
+                    memory.what
                 );
                 self.fixed.bufs.clear();
             }
         }
-        self.fixed.mem = Some(mem.clone());
+        self.fixed.keeper = Some(memory.keeper().clone());
     }
 
     fn push_entry(&mut self, entry: squeue::Entry) {
@@ -343,9 +346,9 @@ impl Engine for UringEngine {
         self.eventfd.as_raw_fd()
     }
 
-    fn set_guest_memory(&mut self, mem: &Arc<GuestMemory>) {
+    fn set_io_memory(&mut self, memory: &IoMemory) {
         if self.fixed.max_bytes.is_some() {
-            self.register(mem);
+            self.register(memory);
         }
     }
 
@@ -490,7 +493,7 @@ mod tests {
             bufs: vec![iov(0x1000, 0x1000), iov(0x10_000, 0x4000)],
             vectored: true,
             max_bytes: Some(u64::MAX),
-            mem: None,
+            keeper: None,
             counters: None,
         };
         assert_eq!(fixed.index_of(&[iov(0x1000, 0x1000)]), Some(0));

@@ -44,7 +44,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::disk::Disk;
-use crate::engine::{AlignedBuffer, Completion, DataBuffers, Direction, Engine, IoOp};
+use crate::engine::{AlignedBuffer, Completion, DataBuffers, Direction, Engine, IoMemory, IoOp};
 use crate::util::bump;
 use crate::util::ratelimit::limited;
 
@@ -268,6 +268,9 @@ impl Interface {
             .sum();
         let ring =
             RxRing::attach_aligned(&socket, slots.max(64), ATA_HEADER_LEN).map_err(socket_error)?;
+        // SAFETY: the region is the ring's mapping, which its keeper keeps mapped.
+        let ring_memory =
+            unsafe { IoMemory::new("the receive ring", vec![ring.region()], ring.keeper()) };
         let mut exported = Vec::with_capacity(exports.len());
         for e in exports {
             let info = e.disk.info();
@@ -276,7 +279,8 @@ impl Interface {
                 slot: e.slot,
                 source,
             };
-            let engine = e.disk.engine(index, e.buffer_count).map_err(engine_error)?;
+            let mut engine = e.disk.engine(index, e.buffer_count).map_err(engine_error)?;
+            engine.set_io_memory(&ring_memory);
             let buffer_len = usize::from(max_sectors) * SECTOR;
             let free = (0..e.buffer_count)
                 .map(|_| AlignedBuffer::new(buffer_len))

@@ -83,8 +83,21 @@ impl Exporting {
                 .exports
                 .iter()
                 .map(|e| {
-                    let counters = e.counters.values().into_iter();
-                    (e.name(), counters.map(|(k, v)| (k.to_owned(), v)).collect())
+                    let mut counters: BTreeMap<String, u64> = e
+                        .counters
+                        .values()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect();
+                    // What the disk's engine on each interface did (io_uring: registering
+                    // the receive ring).
+                    for interface in 0..self.interfaces.len() {
+                        let interface = u16::try_from(interface).unwrap_or(u16::MAX);
+                        for (k, v) in e.disk.engine_counters(interface) {
+                            *counters.entry(k.to_owned()).or_default() += v;
+                        }
+                    }
+                    (e.name(), counters)
                 })
                 .collect(),
         }

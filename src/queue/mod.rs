@@ -35,7 +35,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use crate::blk::layout::status;
 use crate::blk::request::{self, Limits, Rejected, RequestKind, Scratch};
 use crate::disk::{DiskInfo, SERIAL_LEN};
-use crate::engine::{reap_or_wait, Completion, Direction, Engine, IoOp, Wakeup};
+use crate::engine::{reap_or_wait, Completion, Direction, Engine, IoMemory, IoOp, Wakeup};
 use crate::util::ratelimit::limited;
 use crate::{GuestMemory, Vring};
 use controls::Controls;
@@ -165,7 +165,7 @@ pub struct QueueWorker {
     engine: Box<dyn Engine>,
     config: Arc<QueueConfig>,
     mem: GuestMemoryAtomic<GuestMemory>,
-    /// The memory map the engine was last given (see [`Engine::set_guest_memory`]).
+    /// The memory map the engine was last given (see [`Engine::set_io_memory`]).
     engine_mem: Option<Arc<GuestMemory>>,
     slots: Vec<Slot>,
     in_flight: usize,
@@ -355,7 +355,7 @@ impl QueueWorker {
             .as_ref()
             .is_some_and(|known| Arc::ptr_eq(known, &mem))
         {
-            self.engine.set_guest_memory(&mem);
+            self.engine.set_io_memory(&IoMemory::guest(&mem));
             self.engine_mem = Some(mem.clone());
         }
         mem

@@ -47,8 +47,13 @@ fn random_io_at_mtu(mtu: u32, sectors: u64, extra: &[&str]) {
     assert_eq!(done["malformed"], 0, "{done}");
     // Requests of several frames (the read-back's are 4 MiB) were done as runs of neighbours.
     assert!(done["merged"].as_u64() > Some(0), "{done}");
-    // The ring put every write's data where O_DIRECT could write it from, at either MTU.
+    // The ring put every write's data where O_DIRECT could write it from, at either MTU,
+    // and io_uring took the ring as a fixed buffer.
     assert_eq!(done["writes_from_ring"], done["writes"], "{done}");
+    let default_engine = !extra.iter().any(|a| matches!(*a, "--aio" | "--cache"));
+    if default_engine {
+        assert_eq!(done["io_uring_fixed_registrations"], 1, "{done}");
+    }
     if let Some(at) = extra.iter().position(|a| *a == "--metrics") {
         check_metrics(&rig, extra[at + 1], &done);
     }

@@ -205,6 +205,14 @@ impl RxRing {
             .store(libc::TP_STATUS_KERNEL, Ordering::Release);
     }
 
+    /// The ring's memory (every slot), for an engine to prepare for I/O from it.
+    pub fn region(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.map.base.as_ptr().cast(),
+            iov_len: self.map.len,
+        }
+    }
+
     /// What keeps the ring's memory mapped, for an I/O that points into a held slot
     /// (`diskio::DataBuffers::borrowing`).
     pub fn keeper(&self) -> Arc<dyn Send + Sync> {
