@@ -26,7 +26,8 @@
 //! initiators' tags take to come round again (2^15 commands for `aoe`, 2^24 for vblkd), and
 //! an entry is used only if the copy asks for the same command, sectors and count.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 
 use crate::frame::{
     self, AtaArg, ConfigArg, Frame, Header, Mac, AFLAG_EXTENDED, ATA_FLUSH_CACHE, ATA_HEADER_LEN,
@@ -130,10 +131,15 @@ pub struct Pending {
     cache: bool,
 }
 
+/// What the target knows of a command, by host and tag.
 #[derive(Debug)]
-struct Answered {
-    request: (u8, u64, u8),
-    reply: [u8; ATA_HEADER_LEN],
+enum Command {
+    InProgress,
+    /// Done; a copy that matches `request` gets `reply` again.
+    Answered {
+        request: (u8, u64, u8),
+        reply: [u8; ATA_HEADER_LEN],
+    },
 }
 
 /// One `shelf.slot`'s protocol state.
@@ -143,9 +149,11 @@ pub struct Export {
     config_string: Vec<u8>,
     masks: Vec<Mac>,
     reserved: Vec<Mac>,
-    in_progress: HashSet<(Mac, u32)>,
-    answered: HashMap<(Mac, u32), Answered>,
-    /// The keys of `answered`, oldest first.
+    /// Commands in progress, and those answered whose copies would be answered again. One
+    /// map: a write costs four lookups, not six (SipHash was 3.6 % of a 4 KiB write).
+    commands: HashMap<(Mac, u32), Command>,
+    /// The keys of answered commands, oldest first (a key may be here twice, or be in
+    /// progress again: a tag the initiator reused).
     answered_order: VecDeque<(Mac, u32)>,
     /// Largest frame we may send (the interface's MTU plus the Ethernet header).
     max_frame: usize,
@@ -167,8 +175,7 @@ impl Export {
             config_string: Vec::new(),
             masks: Vec::new(),
             reserved: Vec::new(),
-            in_progress: HashSet::new(),
-            answered: HashMap::new(),
+            commands: HashMap::new(),
             answered_order: VecDeque::new(),
             max_frame,
         }
@@ -322,11 +329,13 @@ impl Export {
         }
         let key = (h.src, h.tag);
         let request = (command, arg.lba, arg.sector_count);
-        if self.in_progress.contains(&key) {
-            return Action::Duplicate;
-        }
-        if let Some(done) = self.answered.get(&key).filter(|a| a.request == request) {
-            return Action::Reply(done.reply.to_vec());
+        match self.commands.get(&key) {
+            Some(Command::InProgress) => return Action::Duplicate,
+            Some(Command::Answered {
+                request: done,
+                reply,
+            }) if *done == request => return Action::Reply(reply.to_vec()),
+            Some(Command::Answered { .. }) | None => {}
         }
         let (write, lba48) = match command {
             ATA_READ | ATA_READ_DMA => (false, false),
@@ -387,7 +396,7 @@ impl Export {
         request: (u8, u64, u8),
         cache: bool,
     ) -> Action<'a> {
-        self.in_progress.insert(key);
+        self.commands.insert(key, Command::InProgress);
         Action::Io {
             op,
             pending: Pending {
@@ -407,23 +416,30 @@ impl Export {
             reply[25] = ATA_ERROR_ABRT;
             reply[27] = ATA_STATUS_DRDY | ATA_STATUS_ERR;
         }
-        self.in_progress.remove(&pending.key);
-        if pending.cache {
-            if self.answered_order.len() >= self.answered_capacity() {
-                if let Some(oldest) = self.answered_order.pop_front() {
-                    self.answered.remove(&oldest);
+        if !pending.cache {
+            self.commands.remove(&pending.key);
+            return reply;
+        }
+        if self.answered_order.len() >= self.answered_capacity() {
+            if let Some(oldest) = self.answered_order.pop_front() {
+                // Only an answer is forgotten: a command in progress under a reused tag stays.
+                if let Entry::Occupied(entry) = self.commands.entry(oldest) {
+                    if matches!(entry.get(), Command::Answered { .. }) {
+                        entry.remove();
+                    }
                 }
             }
-            let previous = self.answered.insert(
-                pending.key,
-                Answered {
-                    request: pending.request,
-                    reply,
-                },
-            );
-            if previous.is_none() {
-                self.answered_order.push_back(pending.key);
-            }
+        }
+        let answered = Command::Answered {
+            request: pending.request,
+            reply,
+        };
+        // Every answer's key is in the order at least once, so the answers stay bounded.
+        if !matches!(
+            self.commands.insert(pending.key, answered),
+            Some(Command::Answered { .. })
+        ) {
+            self.answered_order.push_back(pending.key);
         }
         reply
     }
@@ -431,7 +447,7 @@ impl Export {
     /// The command of `pending` will not be done after all (the target had no buffer for it):
     /// forget it, so that the initiator's retransmission is done.
     pub fn abandon(&mut self, pending: Pending) {
-        self.in_progress.remove(&pending.key);
+        self.commands.remove(&pending.key);
     }
 
     /// The 512 bytes of IDENTIFY DEVICE: little-endian words, strings two characters a word
