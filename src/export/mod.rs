@@ -146,6 +146,12 @@ struct RingParts(Vec<libc::iovec>);
 // in `Exported`; nothing is read through them here, only handed to the engine.
 unsafe impl Send for RingParts {}
 
+/// Where a transfer's data is: a buffer of ours, or its frame in the receive ring.
+enum Part {
+    Ours(AlignedBuffer),
+    InRing(libc::iovec),
+}
+
 struct InFlight {
     pending: Pending,
     /// The bytes a transfer must move to succeed (0 for a flush).
@@ -572,11 +578,13 @@ impl Exported {
     /// the round's transfers if it continues it, a flush ends the run and goes on its own.
     /// Returns the command's token if it writes from the frame, whose slot must then be held.
     fn start(&mut self, op: Op<'_>, pending: Pending) -> Option<usize> {
-        let in_ring = match op {
-            Op::Write { data, .. } => (data.as_ptr() as usize) % self.buffer_alignment == 0,
-            Op::Read { .. } | Op::Flush => false,
+        let in_ring = matches!(op, Op::Write { data, .. }
+            if (data.as_ptr() as usize) % self.buffer_alignment == 0);
+        let needs_buffer = match op {
+            Op::Read { .. } => true,
+            Op::Write { .. } => !in_ring,
+            Op::Flush => false,
         };
-        let needs_buffer = matches!(op, Op::Read { .. }) || !in_ring && !matches!(op, Op::Flush);
         let token = match self.free_tokens.pop() {
             Some(token) if !needs_buffer || !self.free.is_empty() => token,
             other => {
@@ -586,7 +594,7 @@ impl Exported {
                 return None;
             }
         };
-        let (direction, offset, buffer, len) = match op {
+        let (direction, offset, part, len) = match op {
             Op::Flush => {
                 bump(&self.counters.flushes, 1);
                 self.end_run();
@@ -604,25 +612,24 @@ impl Exported {
                 let buffer = self.free.pop().expect("checked above");
                 bump(&self.counters.reads, 1);
                 bump(&self.counters.bytes_read, len as u64);
-                (Direction::Read, offset, Some(buffer), len)
+                (Direction::Read, offset, Part::Ours(buffer), len)
             }
             Op::Write { offset, data } => {
                 bump(&self.counters.writes, 1);
                 bump(&self.counters.bytes_written, data.len() as u64);
                 let direction = Direction::Write { dsync: self.dsync };
-                let buffer = if in_ring {
+                let part = if in_ring {
                     bump(&self.counters.writes_from_ring, 1);
-                    self.run_in_ring.0.push(libc::iovec {
+                    Part::InRing(libc::iovec {
                         iov_base: data.as_ptr() as *mut libc::c_void,
                         iov_len: data.len(),
-                    });
-                    None
+                    })
                 } else {
                     let mut buffer = self.free.pop().expect("checked above");
                     buffer.as_mut_slice()[..data.len()].copy_from_slice(data);
-                    Some(buffer)
+                    Part::Ours(buffer)
                 };
-                (direction, offset, buffer, data.len())
+                (direction, offset, part, data.len())
             }
         };
         self.in_flight[token] = Some(InFlight {
@@ -647,10 +654,7 @@ impl Exported {
             run.end += len as u64;
             bump(&self.counters.merged, 1);
         } else {
-            // The frame's iovec, already pushed, belongs to the new run.
-            let this_in_ring = in_ring.then(|| self.run_in_ring.0.pop()).flatten();
             self.end_run();
-            self.run_in_ring.0.extend(this_in_ring);
             self.run = Some(Run {
                 first: token,
                 last: token,
@@ -660,8 +664,9 @@ impl Exported {
                 in_ring,
             });
         }
-        if let Some(buffer) = buffer {
-            self.run_parts.push((buffer, len));
+        match part {
+            Part::Ours(buffer) => self.run_parts.push((buffer, len)),
+            Part::InRing(iovec) => self.run_in_ring.0.push(iovec),
         }
         in_ring.then_some(token)
     }

@@ -8,7 +8,7 @@
 //! flipping its status word. Epoll still works: the socket is readable while a filled slot
 //! waits for us.
 //!
-//! Slots are filled in order and handed back in order. If every slot is ours when a frame
+//! Slots are filled in order and read in order. If every slot is ours when a frame
 //! arrives, the kernel drops the frame, which the initiator treats like any lost frame.
 //!
 //! A target may keep a slot after reading it ([`RxFrame::hold`]): a write's data is then
