@@ -274,9 +274,6 @@ impl Interface {
             .sum();
         let ring =
             RxRing::attach_aligned(&socket, slots.max(64), ATA_HEADER_LEN).map_err(socket_error)?;
-        // SAFETY: the region is the ring's mapping, which its keeper keeps mapped.
-        let ring_memory =
-            unsafe { IoMemory::new("the receive ring", vec![ring.region()], ring.keeper()) };
         let mut exported = Vec::with_capacity(exports.len());
         for e in exports {
             let info = e.disk.info();
@@ -285,17 +282,24 @@ impl Interface {
                 slot: e.slot,
                 source,
             };
-            let mut engine = e.disk.engine(index, e.buffer_count).map_err(engine_error)?;
-            engine.set_io_memory(&ring_memory);
             let buffer_len = usize::from(max_sectors) * SECTOR;
-            let free = (0..e.buffer_count)
-                .map(|_| AlignedBuffer::new(buffer_len))
-                .collect::<io::Result<Vec<_>>>()
+            let (free, slab) = AlignedBuffer::slab(buffer_len, usize::from(e.buffer_count))
                 .map_err(|source| ExportError::Buffers {
                     shelf: e.shelf,
                     slot: e.slot,
                     source,
                 })?;
+            let mut engine = e.disk.engine(index, e.buffer_count).map_err(engine_error)?;
+            // SAFETY: the regions are the ring's mapping and the buffers' slab, which the
+            // keepers keep mapped and allocated.
+            let memory = unsafe {
+                IoMemory::new(
+                    "the receive ring and the buffers",
+                    vec![ring.region(), slab.iovec],
+                    Arc::new((ring.keeper(), slab.keeper)),
+                )
+            };
+            engine.set_io_memory(&memory);
             let serial = String::from_utf8_lossy(&info.serial).into_owned();
             exported.push(Exported {
                 protocol: Export::new(ExportConfig {

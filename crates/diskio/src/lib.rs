@@ -18,7 +18,7 @@ pub mod aligned;
 mod buffers;
 pub mod iov;
 
-pub use aligned::AlignedBuffer;
+pub use aligned::{AlignedBuffer, SlabExtent};
 pub use buffers::DataBuffers;
 
 /// Which way a transfer moves data.
