@@ -217,7 +217,7 @@ pub fn aoe_export(config: AoeExportConfig) -> Result<(), Box<dyn std::error::Err
     for spec in &config.exports {
         let in_export = |e: &dyn std::fmt::Display| format!("e{}.{}: {e}", spec.shelf, spec.slot);
         // A file's engine registers the export's receive ring (memory the kernel holds
-        // anyway) with io_uring, so that writes from it pin nothing per write.
+        // anyway) and buffers with io_uring, so that no transfer pins pages of its own.
         let options = match spec.disk.kind() {
             DiskKind::File => DiskOptions {
                 fixed_buffers: Some(u64::MAX),

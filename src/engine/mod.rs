@@ -21,7 +21,8 @@
 //!   worker calls [`Engine::arm`] before it sleeps on it, and reaps once more.
 //! - What only some engines need is asked for, not branched on: how the engine wakes the
 //!   worker ([`Engine::wakeup`]) and what it does with the memory the I/O points into
-//!   ([`Engine::set_io_memory`]: the guest's memory map, an AoE target's receive ring).
+//!   ([`Engine::set_io_memory`]: the guest's memory map, an AoE target's receive ring and
+//!   buffers).
 //!
 //! Every engine instance belongs to exactly one queue worker: no lock or ring is shared between
 //! queues. Engines hold an `Arc` of the file they do I/O on, so it outlives them whatever the
@@ -52,17 +53,13 @@ pub use threads::ThreadPool;
 pub use uring::{probe_io_uring, FixedBufferCounters, UringEngine};
 
 /// Memory that a worker's I/O points into, which an engine may prepare for: a guest's memory
-/// map, an AoE target's receive ring.
-#[derive(Clone)]
+/// map, an AoE target's receive ring and buffers.
 pub struct IoMemory {
     /// What it is, for the log.
     pub what: &'static str,
     regions: Vec<libc::iovec>,
     keeper: Arc<dyn Send + Sync>,
 }
-
-// SAFETY: the iovecs only describe memory `keeper` keeps mapped, and it is Send + Sync.
-unsafe impl Send for IoMemory {}
 
 impl IoMemory {
     /// The regions of a guest's memory map.
@@ -151,7 +148,8 @@ pub trait Engine: Send {
     }
 
     /// The memory the worker's requests point into: the guest's, whenever the frontend
-    /// changes the memory table (and once at the start); an AoE target's receive ring. An
+    /// changes the memory table (and once at the start); an AoE target's receive ring and
+    /// buffers. An
     /// engine that can prepare for it — io_uring registers it as fixed buffers — does so; the
     /// default ignores it.
     fn set_io_memory(&mut self, _memory: &IoMemory) {}

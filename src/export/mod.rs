@@ -328,24 +328,15 @@ impl Interface {
             });
         }
         let epoll = Epoll::new().map_err(socket_error)?;
-        let add = |fd: i32, data: u64| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, data),
-            )
+        let add = |fd: i32, events: EventSet, data: u64| {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, data))
         };
         // Edge-triggered: a held slot keeps the socket readable (see `aoe::ring`), and every
         // round takes all the frames there are.
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                socket.as_raw_fd(),
-                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, SOCKET),
-            )
-            .map_err(socket_error)?;
+        let frames = EventSet::IN | EventSet::EDGE_TRIGGERED;
+        add(socket.as_raw_fd(), frames, SOCKET).map_err(socket_error)?;
         for (i, e) in exported.iter().enumerate() {
-            add(e.engine.completion_fd(), i as u64).map_err(socket_error)?;
+            add(e.engine.completion_fd(), EventSet::IN, i as u64).map_err(socket_error)?;
         }
         Ok(Interface {
             epoll,

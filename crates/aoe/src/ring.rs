@@ -94,11 +94,11 @@ impl RxRing {
             let unaligned = (V2_MAC_OFFSET + socket.vnet_header_len() + at) % align;
             (align - unaligned) % align
         };
-        let reserve = if slot_size(socket, reserve(PAGE)) == slot_size(socket, reserve(DATA_ALIGN))
-        {
-            reserve(PAGE)
+        let (page, sector) = (reserve(PAGE), reserve(DATA_ALIGN));
+        let reserve = if slot_size(socket, page) == slot_size(socket, sector) {
+            page
         } else {
-            reserve(DATA_ALIGN)
+            sector
         };
         Self::attach_reserving(socket, slots, reserve)
     }

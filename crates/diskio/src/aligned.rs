@@ -48,9 +48,6 @@ pub struct SlabExtent {
     pub keeper: Arc<dyn Send + Sync>,
 }
 
-// SAFETY: the iovec describes memory the keeper (Send + Sync) keeps allocated.
-unsafe impl Send for SlabExtent {}
-
 // SAFETY: the buffer is uniquely owned heap memory (or a piece of a slab nobody else uses).
 unsafe impl Send for AlignedBuffer {}
 // SAFETY: a shared reference only reads the buffer (writing needs `&mut self`).

@@ -345,14 +345,18 @@ impl Guest {
         let idx = self.used_idx();
         let mut used = Vec::new();
         while self.used_seen != idx {
-            let slot = u64::from(self.used_seen) % u64::from(self.queue_size);
-            let elem = USED + 4 + 8 * slot;
-            let id = u32::from_le(self.mem.read_obj(GuestAddress(elem)).unwrap());
-            let len = u32::from_le(self.mem.read_obj(GuestAddress(elem + 4)).unwrap());
-            used.push((id, len));
+            used.push(self.used_entry(self.used_seen));
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         used
+    }
+
+    /// The used-ring entry the used index `index` points at: (head, length).
+    fn used_entry(&self, index: u16) -> (u32, u32) {
+        let elem = USED + 4 + 8 * (u64::from(index) % u64::from(self.queue_size));
+        let id = u32::from_le(self.mem.read_obj(GuestAddress(elem)).unwrap());
+        let len = u32::from_le(self.mem.read_obj(GuestAddress(elem + 4)).unwrap());
+        (id, len)
     }
 
     /// Makes `descs` (stored from table index 0, next pointers as given) available, kicks, and
@@ -438,13 +442,10 @@ impl Guest {
         // cleared and is missed (an undercount, which the next look corrects).
         let used = self.used_idx().min(self.queue_size);
         let mut heads = self.marked_heads();
-        heads.extend((0..used).map(|slot| {
-            let id: u32 = self
-                .mem
-                .read_obj(GuestAddress(USED + 4 + 8 * u64::from(slot)))
-                .unwrap();
-            u16::try_from(u32::from_le(id)).expect("a head below 2^16")
-        }));
+        heads.extend(
+            (0..used)
+                .map(|index| u16::try_from(self.used_entry(index).0).expect("a head below 2^16")),
+        );
         heads.len()
     }
 
