@@ -149,9 +149,8 @@ pub trait Engine: Send {
 
     /// The memory the worker's requests point into: the guest's, whenever the frontend
     /// changes the memory table (and once at the start); an AoE target's receive ring and
-    /// buffers. An
-    /// engine that can prepare for it — io_uring registers it as fixed buffers — does so; the
-    /// default ignores it.
+    /// buffers. An engine that can prepare for it — io_uring registers it as fixed buffers —
+    /// does so; the default ignores it.
     fn set_io_memory(&mut self, _memory: &IoMemory) {}
 }
 
